@@ -21,6 +21,10 @@ COMMANDS = {
         "keras_llmopt._src.cli.evaluate_cmd",
         "Measure validation bits per byte of a .keras, .tflite or .onnx model.",
     ),
+    "export": (
+        "keras_llmopt._src.cli.export_cmd",
+        "Export a .keras model to a verified .tflite (any quantization), .onnx or SavedModel.",
+    ),
     "demo": (
         "keras_llmopt._src.cli.demo_cmd",
         "The main job on the reference GPT: train or load, optimize, evaluate, report.",

@@ -1,0 +1,80 @@
+"""Atomic writes: an artifact appears at its path only once it is complete and verified."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+def check_path(path, argument="path"):
+    """Returns ``path`` as a str after checking its type and that its folder exists."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"`{argument}` must be a str or os.PathLike. Received: {argument}={path!r} "
+            f"of type {type(path).__name__}"
+        )
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"The folder of `{argument}` does not exist. Received: {argument}={path!r}"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def staged_file(path):
+    """Yields a temporary path next to ``path``; the caller moves it with :func:`commit`.
+
+    Whatever happens inside the block, the temporary file is removed on exit unless it
+    was committed; an existing file at ``path`` is never touched before the commit.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    # Keep the extension: runtimes pick the format from it.
+    suffix = os.path.splitext(name)[1]
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.partial-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield temp
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+@contextlib.contextmanager
+def staged_folder(path):
+    """Like :func:`staged_file` for a folder artifact (a SavedModel)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(os.path.normpath(path))
+    temp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+    try:
+        yield temp
+    finally:
+        if os.path.exists(temp):
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def commit(temp, path):
+    """Moves a finished artifact from ``temp`` to ``path``, replacing what was there."""
+    if os.path.isdir(temp):
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(os.path.normpath(path))}.",
+                suffix=".old",
+                dir=os.path.dirname(os.path.abspath(path)),
+            )
+            os.rmdir(old)
+            os.replace(path, old)
+            os.replace(temp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if os.path.exists(path):
+                raise ValueError(
+                    f"Cannot write a SavedModel folder over a file. Received: path={path!r}"
+                )
+            os.replace(temp, path)
+    else:
+        if os.path.isdir(path):
+            raise ValueError(f"Cannot write a file over a folder. Received: path={path!r}")
+        os.replace(temp, path)

@@ -1,0 +1,314 @@
+"""Runs exported artifacts (``.tflite`` in LiteRT, ``.onnx`` in ONNX Runtime, SavedModel).
+
+A runner maps a batch of inputs to the model's output as numpy, whatever batch size and
+sequence length the artifact was fixed to: it loops over rows, pads the last chunk and
+pads short sequences on the right (causal models: earlier positions are unaffected;
+``*mask`` inputs get zeros there), then cuts the padding off the result.
+"""
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+class Runner:
+    """Callable ``runner(inputs) -> np.ndarray`` over one exported artifact.
+
+    Attributes:
+        path: The artifact's path.
+        input_details: One dict per input: ``name``, ``shape`` (``None`` = dynamic) and
+            ``dtype`` (numpy dtype).
+        batch_size: The artifact's fixed batch size, or ``None`` if dynamic.
+        sequence_length: The artifact's fixed sequence length, or ``None`` if dynamic.
+
+    Example:
+        >>> runner = load_runner("gpt.tflite")
+        >>> runner(np.zeros((4, 128), "int32")).shape
+        (4, 128, 256)
+    """
+
+    def __init__(self, path, input_details):
+        self.path = path
+        self.input_details = input_details
+        first = input_details[0]["shape"]
+        self.batch_size = first[0] if first else None
+        self.sequence_length = first[1] if len(first) > 1 else None
+
+    def _run_batch(self, feeds):  # feeds: name -> array of the artifact's exact shape
+        raise NotImplementedError
+
+    def as_feeds(self, inputs):
+        """Maps an array (token ids) or a dict of arrays onto the artifact's inputs."""
+        if isinstance(inputs, dict):
+            names = {d["name"] for d in self.input_details}
+            unknown = sorted(set(inputs) - names)
+            if unknown:
+                raise ValueError(
+                    f"Unknown inputs {unknown} for artifact {self.path!r}. Accepted: "
+                    f"{sorted(names)}"
+                )
+            missing = sorted(names - set(inputs))
+            if missing:
+                raise ValueError(f"Missing inputs {missing} for artifact {self.path!r}.")
+            return {k: np.asarray(v) for k, v in inputs.items()}
+        array = np.asarray(inputs)
+        feeds = {}
+        token_name = self._token_input_name()
+        for detail in self.input_details:
+            if detail["name"] == token_name:
+                feeds[detail["name"]] = array
+            elif "mask" in detail["name"]:
+                feeds[detail["name"]] = np.ones(array.shape[:2], dtype=detail["dtype"])
+            else:
+                raise ValueError(
+                    f"Artifact {self.path!r} has several inputs "
+                    f"{[d['name'] for d in self.input_details]}; pass a dict of arrays."
+                )
+        return feeds
+
+    def _token_input_name(self):
+        names = [d["name"] for d in self.input_details]
+        for name in names:
+            if "token" in name:
+                return name
+        return names[0]
+
+    def __call__(self, inputs):
+        feeds = self.as_feeds(inputs)
+        rows, length = next(iter(feeds.values())).shape[:2]
+        if self.sequence_length is not None and length > self.sequence_length:
+            raise ValueError(
+                f"Inputs of length {length} are longer than the artifact's fixed "
+                f"sequence_length={self.sequence_length} ({self.path!r})."
+            )
+        batch = self.batch_size or rows
+        outputs = []
+        for start in range(0, rows, batch):
+            chunk = {}
+            for detail in self.input_details:
+                value = feeds[detail["name"]][start : start + batch]
+                chunk[detail["name"]] = _pad(value, batch, self.sequence_length, detail)
+            result = self._run_batch(chunk)
+            outputs.append(result[: min(batch, rows - start), :length])
+        return np.concatenate(outputs, axis=0)
+
+    def example_inputs(self, seed=0):
+        """A batch of the artifact's exact input shape (random token ids below 256)."""
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for detail in self.input_details:
+            shape = [d if d is not None else 1 for d in detail["shape"]]
+            if "mask" in detail["name"]:
+                feeds[detail["name"]] = np.ones(shape, detail["dtype"])
+            elif np.issubdtype(detail["dtype"], np.integer):
+                feeds[detail["name"]] = rng.integers(0, 256, shape).astype(detail["dtype"])
+            else:
+                feeds[detail["name"]] = rng.standard_normal(shape).astype(detail["dtype"])
+        return feeds
+
+
+def _pad(value, batch, length, detail):
+    value = np.asarray(value).astype(detail["dtype"], copy=False)
+    pad = [(0, batch - value.shape[0])] + [(0, 0)] * (value.ndim - 1)
+    if length is not None and value.ndim > 1:
+        pad[1] = (0, length - value.shape[1])
+    if any(after for _, after in pad):
+        value = np.pad(value, pad)
+    return value
+
+
+class TFLiteRunner(Runner):
+    """Runs a ``.tflite`` file with LiteRT (``ai_edge_litert``), XNNPACK on.
+
+    If XNNPACK refuses the model, it runs on LiteRT's builtin kernels and
+    ``xnnpack_error`` says why (``None`` when XNNPACK runs it).
+    """
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        self.xnnpack_error = None
+        try:
+            self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except RuntimeError as error:
+            if "delegate" not in str(error).lower():
+                raise
+            # XNNPACK refuses some valid models (e.g. sparse int8 FULLY_CONNECTED); LiteRT's
+            # builtin kernels still run them, more slowly.
+            self.xnnpack_error = str(error)
+            self.interpreter = Interpreter(
+                model_path=path,
+                num_threads=num_threads,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            )
+            self.interpreter.allocate_tensors()
+        self._inputs = self.interpreter.get_input_details()
+        self._output = self.interpreter.get_output_details()[0]
+        details = [
+            {
+                "name": clean_name(d["name"]),
+                "shape": tuple(
+                    None if s < 0 else int(n) for n, s in zip(d["shape"], d["shape_signature"])
+                ),
+                "dtype": np.dtype(d["dtype"]),
+                "index": d["index"],
+                "quantization": d["quantization"],
+            }
+            for d in self._inputs
+        ]
+        super().__init__(path, details)
+
+    def _run_batch(self, feeds):
+        for detail in self.input_details:
+            value = feeds[detail["name"]]
+            scale, zero = detail["quantization"]
+            if scale and not np.issubdtype(value.dtype, np.integer):
+                value = np.round(value / scale + zero).astype(detail["dtype"])
+            self.interpreter.set_tensor(detail["index"], value)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self._output["index"])
+        scale, zero = self._output["quantization"]
+        if scale and self._output["dtype"] != np.float32:
+            out = (out.astype(np.float32) - zero) * scale
+        return np.asarray(out, dtype=np.float32)
+
+
+class ONNXRunner(Runner):
+    """Runs a ``.onnx`` file with ONNX Runtime on CPU."""
+
+    def __init__(self, path, num_threads=None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        details = [
+            {
+                "name": i.name,
+                "shape": tuple(d if isinstance(d, int) else None for d in i.shape),
+                "dtype": np.dtype(_ONNX_TYPES.get(i.type, "float32")),
+            }
+            for i in self.session.get_inputs()
+        ]
+        super().__init__(path, details)
+
+    def _run_batch(self, feeds):
+        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+
+
+class SavedModelRunner(Runner):
+    """Runs a SavedModel folder's ``serving_default`` signature with TensorFlow."""
+
+    def __init__(self, path, num_threads=None):
+        import tensorflow as tf
+
+        del num_threads
+        self._loaded = tf.saved_model.load(path)
+        self._function = self._loaded.signatures["serving_default"]
+        _, kwargs = self._function.structured_input_signature
+        details = [
+            {
+                "name": name,
+                "shape": tuple(spec.shape.as_list()),
+                "dtype": np.dtype(spec.dtype.as_numpy_dtype),
+            }
+            for name, spec in kwargs.items()
+        ]
+        super().__init__(path, details)
+
+    def _run_batch(self, feeds):
+        out = self._function(**feeds)
+        return np.asarray(next(iter(out.values())), dtype=np.float32)
+
+
+_ONNX_TYPES = {
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(bool)": "bool",
+}
+
+
+def clean_name(name):
+    """A LiteRT tensor name without the signature prefix and output index."""
+    name = name.split(":")[0]
+    return name[len("serving_default_") :] if name.startswith("serving_default_") else name
+
+
+def load_runner(path, num_threads=None):
+    """Opens an exported artifact for inference.
+
+    Args:
+        path: A ``.tflite`` file (LiteRT), a ``.onnx`` file (ONNX Runtime) or a
+            SavedModel folder.
+        num_threads: CPU threads for the runtime (``None``: its default).
+
+    Returns:
+        A ``Runner``: ``runner(tokens)`` with int32 tokens ``(B, T)`` (or a dict of
+        arrays for multi-input models) returns float32 outputs ``(B, T, ...)``.
+
+    Example:
+        >>> runner = load_runner("gpt.tflite", num_threads=2)
+        >>> logits = runner(np.zeros((8, 128), "int32"))
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike. Received: path={path!r}")
+    path = os.fspath(path)
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(
+            f"`num_threads` must be a positive int or None. Received: num_threads={num_threads!r}"
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No artifact at path={path!r}")
+    if os.path.isdir(path):
+        return SavedModelRunner(path, num_threads)
+    if path.endswith(".tflite"):
+        return TFLiteRunner(path, num_threads)
+    if path.endswith(".onnx"):
+        return ONNXRunner(path, num_threads)
+    raise ValueError(
+        f"Cannot tell the artifact's format. Received: path={path!r}; accepted: a .tflite "
+        "or .onnx file, or a SavedModel folder"
+    )
+
+
+def measure_latency(path, num_threads=1, warmup=5, repeats=30, inputs=None):
+    """Median wall time of one forward pass of an artifact, in milliseconds.
+
+    One pass is one invocation at the artifact's own fixed batch and sequence length
+    (dynamic axes: 1 row, its sequence length or 1).
+
+    Args:
+        path: The artifact (see :func:`load_runner`).
+        num_threads: CPU threads for the runtime.
+        warmup: Passes run first and not timed.
+        repeats: Timed passes; the median is returned.
+        inputs: Optional dict of inputs of the artifact's exact shape.
+
+    Example:
+        >>> measure_latency("gpt.tflite", num_threads=2)
+        3.1...
+    """
+    for name, value in (("warmup", warmup), ("repeats", repeats)):
+        if not isinstance(value, int) or value < (0 if name == "warmup" else 1):
+            raise ValueError(
+                f"`{name}` must be a non-negative int (repeats >= 1). Received: {name}={value!r}"
+            )
+    runner = load_runner(path, num_threads=num_threads)
+    feeds = runner.example_inputs() if inputs is None else runner.as_feeds(inputs)
+    for _ in range(warmup):
+        runner._run_batch(feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner._run_batch(feeds)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)

@@ -1,0 +1,101 @@
+"""``to_saved_model``: a Keras model to a verified TensorFlow SavedModel folder."""
+
+from absl import logging
+
+from keras_llmopt._src.export import common, files, report, signature
+
+
+def to_saved_model(
+    model,
+    path,
+    sequence_length=None,
+    batch_size=None,
+    verify=True,
+    tolerance=None,
+    verification_data=None,
+):
+    """Saves a Keras model as a SavedModel with a ``serving_default`` signature.
+
+    The signature takes the model's named inputs (e.g. ``tokens``, or ``token_ids`` and
+    ``padding_mask``) and returns ``{"output": ...}``. The folder is written next to
+    ``path`` under a temporary name, reloaded and compared with Keras (float32
+    tolerance), then moved to ``path``.
+
+    Args:
+        model: A Keras model.
+        path: Output folder.
+        sequence_length: Fixed input length (default: keep the model's, dynamic if so).
+        batch_size: Fixed batch size (default ``None``: dynamic).
+        verify: Reload and compare with Keras; a mismatch raises ``VerificationError``.
+        tolerance: Dict overriding tolerance keys.
+        verification_data: Token ids, a dict, or ``(inputs, targets)``.
+
+    Returns:
+        An ``ExportReport``.
+
+    Example:
+        >>> from keras_llmopt import export, reference
+        >>> export.to_saved_model(reference.build_gpt("tiny"), "gpt_savedmodel").size_bytes
+    """
+    import tensorflow as tf
+
+    common.check_model(model, "to_saved_model")
+    path = files.check_path(path)
+    common.check_positive_int("sequence_length", sequence_length)
+    common.check_positive_int("batch_size", batch_size)
+    common.check_bool("verify", verify)
+    if tolerance is not None:
+        from keras_llmopt._src.export.verification import resolve_tolerance
+
+        resolve_tolerance("float32", tolerance)
+    dynamic = _keep_dynamic(model, batch_size) if sequence_length is None else None
+    if dynamic is not None:
+        specs, is_dict = dynamic
+    else:
+        specs, is_dict = signature.input_specs(model, sequence_length, batch_size)
+    function = signature.serving_function(model, specs, is_dict)
+    module = tf.Module()
+    module.model = model
+    module.serve = function
+    verify_specs, _ = signature.input_specs(model, sequence_length or None, batch_size)
+    if any(None in s.shape[1:] for s in verify_specs):
+        verify_specs, _ = signature.input_specs(model, 16, batch_size)
+    with files.staged_folder(path) as temp:
+        logging.info("to_saved_model: saving %s", model.name)
+        tf.saved_model.save(module, temp, signatures={"serving_default": function})
+        verification = None
+        if verify:
+            verification = common.verify_staged(
+                temp,
+                path,
+                model,
+                verify_specs,
+                is_dict,
+                verification_data,
+                tolerance,
+                "float32",
+                "SavedModel export",
+            )
+        files.commit(temp, path)
+    return report.ExportReport(
+        path=path,
+        format="saved_model",
+        quantization=None,
+        size_bytes=report.artifact_size(path),
+        num_parameters=int(model.count_params()),
+        summary={
+            "inputs": [(s.name, s.dtype, s.shape) for s in specs],
+            "signature": "serving_default",
+        },
+        verification=verification,
+        notes=(),
+    )
+
+
+def _keep_dynamic(model, batch_size):
+    # The model's declared shapes with only the batch axis set: dynamic lengths stay.
+    specs = signature._model_inputs(model)
+    if specs is None:
+        return None
+    is_dict = isinstance(getattr(model, "input", None), dict)
+    return [s.__class__(s.name, (batch_size, *s.shape[1:]), s.dtype) for s in specs], is_dict

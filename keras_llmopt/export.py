@@ -1,0 +1,43 @@
+"""Verified export: SavedModel, TFLite (every converter mode) and ONNX.
+
+Every ``to_*`` runs the artifact back (LiteRT, ONNX Runtime or TensorFlow), compares it
+with the Keras model, and only then moves it into place; a mismatch raises
+``VerificationError`` saying by how much, and leaves nothing half-written.
+
+Example:
+    >>> from keras_llmopt import export, reference
+    >>> model = reference.build_gpt("tiny")
+    >>> report = export.to_tflite(model, "gpt.tflite", quantization="dynamic_int8")
+    >>> report.size_bytes, report.verification.max_abs_error
+    >>> runner = export.load_runner("gpt.tflite")
+    >>> logits = runner(np.zeros((2, 64), "int32"))
+"""
+
+from keras_llmopt._src.export.onnx_export import DEFAULT_OPSET, replace_erfc, to_onnx
+from keras_llmopt._src.export.report import ExportReport
+from keras_llmopt._src.export.runtime import Runner, load_runner, measure_latency
+from keras_llmopt._src.export.saved_model import to_saved_model
+from keras_llmopt._src.export.tflite import QUANTIZATION_MODES, to_tflite
+from keras_llmopt._src.export.verification import (
+    DEFAULT_TOLERANCES,
+    VerificationError,
+    VerificationReport,
+    verify,
+)
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "DEFAULT_TOLERANCES",
+    "ExportReport",
+    "QUANTIZATION_MODES",
+    "Runner",
+    "VerificationError",
+    "VerificationReport",
+    "load_runner",
+    "measure_latency",
+    "replace_erfc",
+    "to_onnx",
+    "to_saved_model",
+    "to_tflite",
+    "verify",
+]

@@ -1,0 +1,89 @@
+import os
+
+import numpy as np
+import pytest
+
+from keras_llmopt import export
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quantization": "int4"}, r"Received: quantization='int4'; accepted: \[None, 'float16'"),
+        ({"batch_size": 0}, "Received: batch_size=0"),
+        ({"sequence_length": -3}, "Received: sequence_length=-3"),
+        ({"quantization": "int8"}, "needs calibration: pass representative_dataset"),
+        ({"representative_dataset": np.zeros((4, 64))}, "only used by quantization='int8'"),
+        ({"tolerance": {"max_err": 1.0}}, r"Unknown tolerance keys \['max_err'\]"),
+    ],
+)
+def test_bad_arguments_raise_value_error(fresh_tiny, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        export.to_tflite(fresh_tiny, tmp_path / "m.tflite", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_types_and_onnx_opset(fresh_tiny, tmp_path):
+    with pytest.raises(TypeError, match="Received: sparse='yes'"):
+        export.to_tflite(fresh_tiny, tmp_path / "m.tflite", sparse="yes")
+    with pytest.raises(TypeError, match="expects a keras.Model"):
+        export.to_tflite("model.keras", tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match="Received: opset=7; accepted: an int from 13 to 18"):
+        export.to_onnx(fresh_tiny, tmp_path / "m.onnx", opset=7)
+    with pytest.raises(ValueError, match="accepted: a .tflite or .onnx file"):
+        export.load_runner(__file__)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_verification_keeps_existing_file_and_leaves_no_temp(fresh_tiny, tmp_path):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"previous artifact")
+    # An impossible tolerance stands in for a broken conversion.
+    with pytest.raises(export.VerificationError, match=r"max abs error .* allowed \(by ") as info:
+        export.to_tflite(
+            fresh_tiny,
+            path,
+            tolerance={"atol": 0.0, "rtol": 0.0},
+            verification_data=np.ones((1, 64), np.int32) * 7,
+        )
+    assert info.value.report.max_abs_error > 0
+    assert path.read_bytes() == b"previous artifact"
+    assert os.listdir(tmp_path) == ["m.tflite"]
+    with pytest.raises(export.VerificationError):
+        export.to_onnx(fresh_tiny, tmp_path / "m.onnx", tolerance={"atol": 0.0, "rtol": 0.0})
+    with pytest.raises(export.VerificationError):
+        export.to_saved_model(fresh_tiny, tmp_path / "sm", tolerance={"atol": -1.0, "rtol": 0.0})
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_success_replaces_existing_file(fresh_tiny, tmp_path):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"old")
+    report = export.to_tflite(fresh_tiny, path, quantization="float16")
+    assert path.read_bytes()[4:8] == b"TFL3" and report.size_bytes == path.stat().st_size
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_model_is_not_mutated(fresh_tiny, tmp_path):
+    before = [np.array(w) for w in fresh_tiny.get_weights()]
+    export.to_tflite(fresh_tiny, tmp_path / "m.tflite", quantization="dynamic_int8")
+    for a, b in zip(before, fresh_tiny.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_export_refuses_other_backends_clearly(fresh_tiny, tmp_path, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="needs the TensorFlow backend.*Received: backend='jax'"):
+        export.to_tflite(fresh_tiny, tmp_path / "m.tflite")
+
+
+def test_fixed_length_model_rejects_other_sequence_length(tmp_path):
+    import keras
+
+    inputs = keras.Input((8,), dtype="int32", name="tokens")
+    model = keras.Model(inputs, keras.layers.Embedding(10, 4)(inputs))
+    with pytest.raises(ValueError, match="fixed length 8. Received: sequence_length=16"):
+        export.to_tflite(model, tmp_path / "m.tflite", sequence_length=16)
+    assert export.to_tflite(model, tmp_path / "m.tflite").summary["inputs"][0][2] == (1, 8)
