@@ -1,14 +1,16 @@
 """Benchmark pruning on the reference GPT: step-time ratio and bpb, ours vs tfmot.
 
 In one run:
-* training step time pruned / dense for keras_llmopt (attention q/k/v/o + MLP pruned),
+* training step time pruned / dense for keras_llmopt (attention q/k/v/o + MLP pruned,
+  and MLP only for a like-for-like row),
 * the same ratio for tfmot on a tf_keras twin of the model (Dense MLP layers only:
-  tfmot cannot wrap attention layers), measured as medians of timed segments after
-  warm-up,
+  tfmot cannot wrap attention layers),
+  each the median of timed segments after warm-up, the variants timed in alternation so
+  that load from other processes falls on all of them alike,
 * validation bpb after a pruned fine-tune (PolynomialDecay 0 -> 50%) vs a dense
   fine-tune of the same steps.
 
-    python scripts/benchmark_pruning.py --preset=small --steps=300
+    python scripts/benchmark_pruning.py --preset=small --steps=600
 """
 
 import os
@@ -20,20 +22,46 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 PRESET = flags.DEFINE_string("preset", "small", "Reference GPT preset.")
-STEPS = flags.DEFINE_integer("steps", 300, "Fine-tuning steps for the bpb comparison.")
+STEPS = flags.DEFINE_integer("steps", 600, "Fine-tuning steps for the bpb comparison.")
+LR = flags.DEFINE_float("learning_rate", 1e-3, "Fine-tuning peak learning rate (both runs).")
 TIME_STEPS = flags.DEFINE_integer("time_steps", 60, "Timed training steps per segment.")
 SEGMENTS = flags.DEFINE_integer("segments", 5, "Timed segments (median is reported).")
 BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
+BPB = flags.DEFINE_bool("bpb", True, "Also fine-tune pruned vs dense and report bpb.")
 
 
-def _median_step_time(fit_segment, segments, steps):
-    fit_segment(steps)  # warm-up (compile)
-    times = []
+def _interleaved_step_times(fit_segments, segments, steps):
+    """Median seconds per step of each ``fit_segment(n)``, timed in alternation.
+
+    Alternating the variants segment by segment spreads any drift in the machine's
+    load (other processes) evenly over them, so the ratios stay fair.
+    """
+    for fit_segment in fit_segments.values():
+        fit_segment(steps)  # warm-up (compile)
+    times = {name: [] for name in fit_segments}
     for _ in range(segments):
-        start = time.perf_counter()
-        fit_segment(steps)
-        times.append((time.perf_counter() - start) / steps)
-    return float(np.median(times))
+        for name, fit_segment in fit_segments.items():
+            start = time.perf_counter()
+            fit_segment(steps)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _segment_fn(model, x, y, callbacks):
+    batch = BATCH.value
+
+    def fit_segment(n):
+        model.fit(
+            x[: n * batch],
+            y[: n * batch],
+            batch_size=batch,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
+
+    return fit_segment
 
 
 def _ours(config, base, x, y, segments, steps):
@@ -42,27 +70,26 @@ def _ours(config, base, x, y, segments, steps):
     from keras_llmopt import reference, sparsity
     from keras_llmopt._src.sparsity.prune import copy_model
 
-    def timer(model, callbacks):
+    def compiled(model):
         model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=reference.lm_loss())
-        batch = BATCH.value
-
-        def fit_segment(n):
-            model.fit(
-                x[: n * batch],
-                y[: n * batch],
-                batch_size=batch,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-                callbacks=callbacks,
-            )
-
-        return _median_step_time(fit_segment, segments, steps)
+        return model
 
     schedule = sparsity.PolynomialDecay(0.0, 0.5, 0, 10 * steps, frequency=100)
-    dense_t = timer(copy_model(base), [])
-    pruned_t = timer(sparsity.prune_low_magnitude(base, schedule), [sparsity.UpdatePruningStep()])
-    return dense_t, pruned_t
+    callbacks = [sparsity.UpdatePruningStep()]
+    mlp_only = ["re:block_\\d+_mlp_(up|down)"]
+    variants = {
+        "dense": _segment_fn(compiled(copy_model(base)), x, y, []),
+        "pruned": _segment_fn(
+            compiled(sparsity.prune_low_magnitude(base, schedule)), x, y, callbacks
+        ),
+        "pruned_mlp_only": _segment_fn(
+            compiled(sparsity.prune_low_magnitude(base, schedule, targets=mlp_only)),
+            x,
+            y,
+            callbacks,
+        ),
+    }
+    return _interleaved_step_times(variants, segments, steps)
 
 
 def _tf_keras_twin(config):
@@ -93,27 +120,13 @@ def _tfmot(config, x, y, segments, steps):
 
     prune = tfmot.sparsity.keras
 
-    def timer(model, callbacks):
+    def compiled(model):
         model.compile(
             optimizer=tf_keras.optimizers.Adam(1e-4),
             loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        batch = BATCH.value
+        return model
 
-        def fit_segment(n):
-            model.fit(
-                x[: n * batch],
-                y[: n * batch],
-                batch_size=batch,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-                callbacks=callbacks,
-            )
-
-        return _median_step_time(fit_segment, segments, steps)
-
-    dense_t = timer(_tf_keras_twin(config), [])
     schedule = prune.PolynomialDecay(0.0, 0.5, 0, 10 * steps, frequency=100)
 
     def wrap(layer):
@@ -123,8 +136,11 @@ def _tfmot(config, x, y, segments, steps):
 
     twin = _tf_keras_twin(config)
     pruned = tf_keras.models.clone_model(twin, clone_function=wrap)
-    pruned_t = timer(pruned, [prune.UpdatePruningStep()])
-    return dense_t, pruned_t
+    variants = {
+        "dense": _segment_fn(compiled(_tf_keras_twin(config)), x, y, []),
+        "pruned": _segment_fn(compiled(pruned), x, y, [prune.UpdatePruningStep()]),
+    }
+    return _interleaved_step_times(variants, segments, steps)
 
 
 def _bpb(preset, corpus, base, steps):
@@ -139,13 +155,13 @@ def _bpb(preset, corpus, base, steps):
         pruned,
         corpus,
         steps,
-        learning_rate=5e-4,
+        learning_rate=LR.value,
         callbacks=[sparsity.UpdatePruningStep()],
         verbose=2,
     )
     after = reference.evaluate(sparsity.strip_pruning(pruned), corpus).bpb
     dense = copy_model(base)
-    reference.train(dense, corpus, steps, learning_rate=5e-4, verbose=2)
+    reference.train(dense, corpus, steps, learning_rate=LR.value, verbose=2)
     return {"before": before, "pruned": after, "dense": reference.evaluate(dense, corpus).bpb}
 
 
@@ -160,19 +176,25 @@ def main(argv):
     x, y = reference.make_batches(corpus.train, BATCH.value, TIME_STEPS.value, seed=1)
     x, y = x[:n], y[:n]
 
-    dense_t, pruned_t = _ours(config, base, x, y, SEGMENTS.value, TIME_STEPS.value)
+    ours = _ours(config, base, x, y, SEGMENTS.value, TIME_STEPS.value)
     print(
-        f"keras_llmopt step time: dense {dense_t * 1e3:.2f} ms, pruned {pruned_t * 1e3:.2f} ms,"
-        f" ratio {pruned_t / dense_t:.3f} (attention q/k/v/o + MLP pruned)"
+        f"keras_llmopt step time: dense {ours['dense'] * 1e3:.1f} ms, pruned "
+        f"{ours['pruned'] * 1e3:.1f} ms, ratio {ours['pruned'] / ours['dense']:.3f} "
+        "(attention q/k/v/o + MLP pruned); MLP only "
+        f"{ours['pruned_mlp_only'] * 1e3:.1f} ms, ratio "
+        f"{ours['pruned_mlp_only'] / ours['dense']:.3f}"
     )
     try:
-        t_dense, t_pruned = _tfmot(config, x, y, SEGMENTS.value, TIME_STEPS.value)
+        theirs = _tfmot(config, x, y, SEGMENTS.value, TIME_STEPS.value)
         print(
-            f"tfmot (tf_keras twin, MLP Dense only) step time: dense {t_dense * 1e3:.2f} ms, "
-            f"pruned {t_pruned * 1e3:.2f} ms, ratio {t_pruned / t_dense:.3f}"
+            f"tfmot (tf_keras twin, MLP Dense only) step time: dense {theirs['dense'] * 1e3:.1f}"
+            f" ms, pruned {theirs['pruned'] * 1e3:.1f} ms, ratio "
+            f"{theirs['pruned'] / theirs['dense']:.3f}"
         )
     except Exception as error:  # report what tfmot cannot do instead of stopping
         print(f"tfmot twin failed: {type(error).__name__}: {error}")
+    if not BPB.value:
+        return
 
     result = _bpb(PRESET.value, corpus, base, STEPS.value)
     print(

@@ -44,13 +44,31 @@ def test_evaluate_missing_model_fails_clearly():
 
 def test_tiny_demo_end_to_end_then_cached(tmp_path):
     report = tmp_path / "demo.json"
-    first = _cli("demo", "--preset=tiny", "--steps=60", "--eval_windows=32", f"--out={report}")
+    first = _cli(
+        "demo",
+        "--preset=tiny",
+        "--steps=60",
+        "--eval_windows=32",
+        "--benchmark_variants=tflite_dynamic_int8",
+        "--finetune_steps=4",
+        "--latency_repeats=2",
+        f"--out={report}",
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     data = json.loads(report.read_text())
     assert data["rows"][0]["trained"] == "now"
     assert data["rows"][0]["bpb"] < 7.0
     assert "keras_fp32" in first.stdout
-    second = _cli("demo", "--preset=tiny", "--steps=60", "--eval_windows=32", f"--out={report}")
+    second = _cli(
+        "demo",
+        "--preset=tiny",
+        "--steps=60",
+        "--eval_windows=32",
+        "--benchmark_variants=tflite_dynamic_int8",
+        "--finetune_steps=4",
+        "--latency_repeats=2",
+        f"--out={report}",
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     again = json.loads(report.read_text())
     assert again["rows"][0]["trained"] == "cached"

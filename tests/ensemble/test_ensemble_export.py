@@ -56,3 +56,12 @@ def test_reference_evaluate_reads_ensemble_log_probs_as_logits(trained_tiny, tin
     assert reference.evaluate(geometric, tiny_corpus, num_windows=32).bpb == pytest.approx(
         member.bpb, abs=1e-4
     )
+
+
+def test_saved_model_export_of_a_weighted_ensemble_serves_any_length(tiny_members, tmp_path):
+    ensemble = EnsembleModel(tiny_members, strategy="weighted", weights=[1, 2, 1])
+    report = export.to_saved_model(ensemble, str(tmp_path / "weighted_sm"))
+    assert report.format == "saved_model" and report.verification.passed
+    tokens = np.random.default_rng(2).integers(0, 256, size=(2, 24)).astype("int32")
+    served = export.load_runner(report.path)(tokens)
+    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(ensemble(tokens)), atol=1e-4)

@@ -91,3 +91,17 @@ def test_bad_config(kwargs, message):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="accepted: \\['small', 'tiny'\\]"):
         reference.build_gpt("huge")
+
+
+@pytest.mark.backend_agnostic
+def test_same_shaped_kernels_start_different():
+    model = reference.build_gpt("tiny")
+    seen = {}
+    for weight in model.weights:
+        if len(weight.shape) < 2 or "bias" in weight.path:
+            continue
+        value = keras.ops.convert_to_numpy(weight)
+        for other_name, other in seen.get(tuple(weight.shape), []):
+            assert not np.allclose(value, other), f"{weight.path} starts equal to {other_name}"
+        seen.setdefault(tuple(weight.shape), []).append((weight.path, value))
+    assert len(seen[(64, 256)]) >= 3  # mlp_up of both blocks and lm_head were compared

@@ -248,6 +248,16 @@ def test_model_level_bad_inputs(fresh_tiny):
         sparsity.prune_low_magnitude(keras.Sequential([keras.layers.Dense(2)]))
     with pytest.raises(ValueError, match="Nothing to prune"):
         sparsity.prune_low_magnitude(fresh_tiny, ignore=["*"])
+    with pytest.raises(TypeError, match="Received: include_embeddings='yes'"):
+        sparsity.prune_low_magnitude(fresh_tiny, include_embeddings="yes")
+    with pytest.raises(TypeError, match="Received: pruning_schedule='x'"):
+        sparsity.prune_low_magnitude(fresh_tiny, pruning_schedule="x")
+    with pytest.raises(ValueError, match=r"match no layer.*Received: targets=\[.nomatch\*.\]"):
+        sparsity.prune_low_magnitude(fresh_tiny, targets=["nomatch*"])
+    with pytest.raises(TypeError, match="Received: model='m'"):
+        sparsity.sparsity_report("m")
+    with pytest.raises(TypeError, match="Received: model='m'"):
+        sparsity.strip_pruning("m")
 
     class NoMlp(sparsity.PruningPolicy):
         def allow_pruning(self, layer, path=""):

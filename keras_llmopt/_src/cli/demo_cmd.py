@@ -1,46 +1,96 @@
-"""``keras-llmopt demo``: the main job, run end to end on the reference GPT."""
+"""``keras-llmopt demo``: the main job, run end to end on the reference GPT.
 
-import json
+Train (or load the cached) reference GPT, then the whole workflow as benchmark
+variants: converter exports (fp32, float16, dynamic int8, full-integer int8), Keras-native
+int8/int4, ONNX, pruning fine-tune + strip + sparse / int8 exports, QAT + full-integer
+int8, clustering, and the tfmot anchors; every export verified against Keras. Prints the
+side-by-side table and writes a report folder.
+"""
+
+import os
+import shutil
+import tempfile
 import time
 
 from absl import logging
 
-from keras_llmopt._src.cli import common
+from keras_llmopt._src.cli import benchmark_cmd
 from keras_llmopt._src.cli import flags as cli_flags
-from keras_llmopt._src.reference.cache import atomic_path
 from keras_llmopt._src.reference.config import GPTConfig
-from keras_llmopt._src.reference.evaluation import evaluate
-from keras_llmopt._src.reference.zoo import trained_model, trained_model_path
 
-HELP = "Train (or load the cached) reference GPT, evaluate it and print the results table."
-FLAG_NAMES = ("preset", "steps", "seed", "corpus_dir", "eval_windows", "out")
+HELP = (
+    "The whole workflow on the reference GPT (train or load, prune, QAT, strip, export, "
+    "verify) with the side-by-side table; writes --out (default ./keras_llmopt_report): "
+    "report.md, benchmark.json, size_vs_bpb.png. --out=FILE.json writes the JSON there and "
+    "the Markdown and plot beside it."
+)
+FLAG_NAMES = (
+    "preset",
+    "steps",
+    "seed",
+    "corpus_dir",
+    "eval_windows",
+    "out",
+    "benchmark_variants",
+    "finetune_steps",
+    "latency_repeats",
+    "latency_warmup",
+    "keep_artifacts",
+)
+DEFAULT_OUT = "keras_llmopt_report"
+
+
+def report_paths(out):
+    """``(report folder, JSON path)`` for --out (a folder, or a ``.json`` file)."""
+    out = out or DEFAULT_OUT
+    if out.endswith(".json"):
+        return os.path.dirname(os.path.abspath(out)), out
+    return out, os.path.join(out, "benchmark.json")
 
 
 def run(argv):
     del argv
     start = time.time()
     config = GPTConfig.preset(cli_flags.PRESET.value)
-    corpus = common.corpus_for(config.sequence_length)
-    steps, seed = cli_flags.STEPS.value, cli_flags.SEED.value
-    cached = trained_model_path(cli_flags.PRESET.value, steps, seed, corpus).exists()
-    logging.info("Stage 1/2: %s the reference model", "loading" if cached else "training")
-    model = trained_model(cli_flags.PRESET.value, steps=steps, seed=seed, corpus=corpus)
-    logging.info("Stage 2/2: evaluating on %d validation windows", cli_flags.EVAL_WINDOWS.value)
-    result = evaluate(model, corpus, num_windows=cli_flags.EVAL_WINDOWS.value)
-    row = {
-        "variant": "keras_fp32",
-        "parameters": model.count_params(),
-        "bpb": result.bpb,
-        "perplexity": result.perplexity,
-        "trained": "cached" if cached else "now",
-    }
-    print()
-    common.print_table([row], list(row))
+    out_dir, json_path = report_paths(cli_flags.OUT.value)
+    logging.info("demo (%s): step 1/2, the reference model", config.name)
+    model, corpus, how = benchmark_cmd.reference_model()
+    keep = bool(benchmark_cmd.KEEP_ARTIFACTS.value)
+    artifacts = os.path.join(out_dir, "artifacts") if keep else tempfile.mkdtemp("_klo_demo")
+    logging.info("demo (%s): step 2/2, optimize, export, verify and measure", config.name)
+    try:
+        result, paths = benchmark_cmd.run_and_report(
+            model,
+            corpus,
+            out_dir,
+            artifacts,
+            title=f"keras_llmopt demo ({config.name})",
+            preamble=(
+                f"Reference GPT `{config.name}` ({model.count_params():,} parameters, "
+                f"trained: {how}), {benchmark_cmd.finetune_steps()} fine-tune steps per "
+                "optimized variant."
+            ),
+            json_path=json_path,
+            trained=how,
+            extra={"preset": config.name},
+            keep_paths=keep,
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(artifacts, ignore_errors=True)
     elapsed = time.time() - start
+    _add_wall_time(json_path, elapsed)
     print(f"\ndemo ({config.name}) finished in {elapsed:.0f} s")
-    if cli_flags.OUT.value:
-        with atomic_path(cli_flags.OUT.value) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(
-                    {"rows": [row], "wall_time_s": elapsed, "preset": config.name}, f, indent=2
-                )
+    print(f"report: {paths['markdown']}, {paths['json']}, {paths['plot']}")
+    return result
+
+
+def _add_wall_time(json_path, elapsed):
+    import json
+
+    from keras_llmopt._src.benchmark.run import write_json
+
+    with open(json_path) as handle:
+        data = json.load(handle)
+    data["wall_time_s"] = elapsed
+    write_json(data, json_path)

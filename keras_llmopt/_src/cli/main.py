@@ -29,6 +29,18 @@ COMMANDS = {
         "keras_llmopt._src.cli.demo_cmd",
         "The main job on the reference GPT: train or load, optimize, evaluate, report.",
     ),
+    "benchmark": (
+        "keras_llmopt._src.cli.benchmark_cmd",
+        "Every variant side by side (size, bpb, latency) -> benchmark.json and a report.",
+    ),
+    "optimize": (
+        "keras_llmopt._src.cli.optimize_cmd",
+        "Run a recipe (YAML/JSON stages: prune, quantize, cluster, strip, export).",
+    ),
+    "inspect": (
+        "keras_llmopt._src.cli.inspect_cmd",
+        "Parameters, bytes by dtype, sparsity and the layers each transformation touches.",
+    ),
 }
 
 _OVERVIEW = """keras-llmopt: the tfmot workflow (prune, quantize, strip, export) for Keras 3 LLMs.

@@ -78,8 +78,8 @@ def walk_layers(model) -> Iterator[LayerNode]:
     Example:
         >>> import keras
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
-        >>> [node.path for node in walk_layers(model)]
-        ['d']
+        >>> [node.path for node in walk_layers(model)][-1]
+        'd'
     """
     seen = {id(model)}
 

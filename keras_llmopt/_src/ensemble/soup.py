@@ -78,6 +78,8 @@ def average_weights(models, weights=None):
         >>> from keras_llmopt import ensemble, reference
         >>> members = [reference.build_gpt("tiny", seed=s) for s in (0, 1)]
         >>> soup = ensemble.average_weights(members, weights=[3, 1])
+        >>> soup.count_params() == members[0].count_params()
+        True
     """
     models = members_lib.check_models(models, owner="average_weights")
     coefficients = members_lib.check_weights(weights, len(models), owner="average_weights")
@@ -98,6 +100,21 @@ class GreedySoupDetails:
         member_scores: ``eval_fn`` of each model alone, in the given order.
         soup_score: ``eval_fn`` of the returned soup.
         trials: ``(index, score_with_it, accepted)`` for each model tried after the first.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from keras_llmopt import ensemble
+        >>> def member(scale):
+        ...     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        ...     model.set_weights([np.full((1, 1), scale, "float32"), np.zeros(1, "float32")])
+        ...     return model
+        >>> x = np.ones((4, 1), "float32")
+        >>> def error(model):  # the target is y = 1.0 * x
+        ...     return float(np.mean((model.predict(x, verbose=0) - x) ** 2))
+        >>> soup, details = ensemble.greedy_soup(
+        ...     [member(1.3), member(0.8), member(5.0)], error, return_details=True)
+        >>> details.ingredients  # the best member first, then those that help
+        [1, 0]
     """
 
     ingredients: list
@@ -143,13 +160,24 @@ def greedy_soup(models, eval_fn, higher_is_better=False, return_details=False):
         TypeError: ``eval_fn`` not callable or not returning a number.
 
     Example:
-        >>> from keras_llmopt import ensemble, reference
-        >>> corpus = reference.load_corpus(64)
-        >>> def bpb(model):
-        ...     return reference.evaluate(model, corpus, num_windows=64).bpb
-        >>> members = [reference.trained_model("tiny")] + more_finetuned_tiny_models
-        >>> soup, details = ensemble.greedy_soup(members, bpb, return_details=True)
-        >>> details.ingredients  # e.g. [0, 2]
+        Fine-tuned copies of one model, scored by mean squared error on held-out data:
+
+        >>> import keras, numpy as np
+        >>> from keras_llmopt import ensemble
+        >>> def finetuned(scale):
+        ...     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        ...     model.set_weights([np.full((1, 1), scale, "float32"), np.zeros(1, "float32")])
+        ...     return model
+        >>> x = np.ones((4, 1), "float32")
+        >>> def error(model):  # the target is y = 1.0 * x
+        ...     return float(np.mean((model.predict(x, verbose=0) - x) ** 2))
+        >>> members = [finetuned(1.3), finetuned(0.8), finetuned(5.0)]
+        >>> soup, details = ensemble.greedy_soup(members, error, return_details=True)
+        >>> details.ingredients, round(details.soup_score, 6)
+        ([1, 0], 0.0025)
+
+        For a language model, ``eval_fn`` can be
+        ``lambda m: reference.evaluate(m, corpus).bpb``.
     """
     models = members_lib.check_models(models, owner="greedy_soup")
     if not callable(eval_fn):

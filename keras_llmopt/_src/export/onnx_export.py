@@ -129,9 +129,15 @@ def replace_erfc(proto):
         How many nodes were rewritten.
 
     Example:
-        >>> proto = onnx.load("model_with_erfc.onnx")
+        >>> from onnx import TensorProto, helper
+        >>> x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+        >>> y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+        >>> node = helper.make_node("Erfc", ["x"], ["y"])
+        >>> proto = helper.make_model(helper.make_graph([node], "g", [x], [y]))
         >>> replace_erfc(proto)
-        2
+        1
+        >>> sorted(n.op_type for n in proto.graph.node)
+        ['Erf', 'Sub']
     """
     import numpy as np
     from onnx import helper, numpy_helper

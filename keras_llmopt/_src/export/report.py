@@ -29,8 +29,12 @@ class ExportReport:
         notes: Anything the exporter changed or worked around, in words.
 
     Example:
-        >>> report = to_tflite(model, "gpt.tflite", quantization="dynamic_int8")
-        >>> report.size_bytes, report.verification.top1_agreement
+        >>> from keras_llmopt import export, reference
+        >>> report = export.to_tflite(
+        ...     reference.build_gpt("tiny"), "gpt.tflite", quantization="dynamic_int8",
+        ...     sequence_length=16)
+        >>> report.format, report.quantization, report.verification.passed
+        ('tflite', 'dynamic_int8', True)
     """
 
     path: str
@@ -46,7 +50,13 @@ class ExportReport:
         """The report as plain data.
 
         Example:
-            >>> to_onnx(model, "gpt.onnx").to_dict()["size_bytes"]
+            >>> import json
+            >>> from keras_llmopt import export, reference
+            >>> report = export.to_tflite(reference.build_gpt("tiny"), "gpt.tflite",
+            ...                           sequence_length=16)
+            >>> data = json.loads(json.dumps(report.to_dict(), default=str))
+            >>> data["size_bytes"] == report.size_bytes, data["verification"]["passed"]
+            (True, True)
         """
         out = dataclasses.asdict(self)
         out["verification"] = self.verification.to_dict() if self.verification else None

@@ -24,9 +24,14 @@ class Runner:
         sequence_length: The artifact's fixed sequence length, or ``None`` if dynamic.
 
     Example:
-        >>> runner = load_runner("gpt.tflite")
-        >>> runner(np.zeros((4, 128), "int32")).shape
-        (4, 128, 256)
+        >>> import numpy as np
+        >>> from keras_llmopt import export, reference
+        >>> _ = export.to_tflite(reference.build_gpt("tiny"), "gpt.tflite", sequence_length=16)
+        >>> runner = export.load_runner("gpt.tflite")
+        >>> runner.batch_size, runner.sequence_length
+        (1, 16)
+        >>> runner(np.zeros((4, 16), "int32")).shape  # batches of 1, run in a loop
+        (4, 16, 256)
     """
 
     def __init__(self, path, input_details):
@@ -256,8 +261,12 @@ def load_runner(path, num_threads=None):
         arrays for multi-input models) returns float32 outputs ``(B, T, ...)``.
 
     Example:
-        >>> runner = load_runner("gpt.tflite", num_threads=2)
-        >>> logits = runner(np.zeros((8, 128), "int32"))
+        >>> import numpy as np
+        >>> from keras_llmopt import export, reference
+        >>> _ = export.to_onnx(reference.build_gpt("tiny"), "gpt.onnx")
+        >>> runner = export.load_runner("gpt.onnx", num_threads=2)
+        >>> runner(np.zeros((8, 32), "int32")).shape
+        (8, 32, 256)
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike. Received: path={path!r}")
@@ -294,8 +303,11 @@ def measure_latency(path, num_threads=1, warmup=5, repeats=30, inputs=None):
         inputs: Optional dict of inputs of the artifact's exact shape.
 
     Example:
-        >>> measure_latency("gpt.tflite", num_threads=2)
-        3.1...
+        >>> from keras_llmopt import export, reference
+        >>> _ = export.to_tflite(reference.build_gpt("tiny"), "gpt.tflite", sequence_length=16)
+        >>> milliseconds = export.measure_latency("gpt.tflite", num_threads=2, repeats=5)
+        >>> milliseconds > 0
+        True
     """
     for name, value in (("warmup", warmup), ("repeats", repeats)):
         if not isinstance(value, int) or value < (0 if name == "warmup" else 1):

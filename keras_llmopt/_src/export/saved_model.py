@@ -35,7 +35,9 @@ def to_saved_model(
 
     Example:
         >>> from keras_llmopt import export, reference
-        >>> export.to_saved_model(reference.build_gpt("tiny"), "gpt_savedmodel").size_bytes
+        >>> report = export.to_saved_model(reference.build_gpt("tiny"), "gpt_savedmodel")
+        >>> report.format, report.verification.passed
+        ('saved_model', True)
     """
     import tensorflow as tf
 

@@ -214,6 +214,10 @@ def _converter(model, frozen, quantization, data, specs, is_dict, batch_size, sp
             # (A QAT model without data is left out: the converter then reads the
             # fake-quant ranges, while TFLITE_BUILTINS_INT8 would demand a dataset.)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        elif quantization == "int8":
+            # A QAT model: the builtin op set; every op between fake-quant ranges is
+            # quantized to int8 from them (the 16x8 op set would misread 8-bit ranges).
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         else:
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,

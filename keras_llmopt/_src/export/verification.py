@@ -27,10 +27,17 @@ class VerificationError(ValueError):
         report: The ``VerificationReport`` with the measured figures.
 
     Example:
+        An impossible tolerance stands in for a damaged conversion:
+
+        >>> import os
+        >>> from keras_llmopt import export, reference
         >>> try:
-        ...     to_tflite(model, "gpt.tflite", quantization="int8", representative_dataset=w)
-        ... except VerificationError as error:
-        ...     print(error.report.top1_agreement, error.report.bpb_delta)
+        ...     export.to_tflite(reference.build_gpt("tiny"), "refused.tflite",
+        ...                      quantization="float16", sequence_length=16,
+        ...                      tolerance={"atol": 0.0, "rtol": 0.0})
+        ... except export.VerificationError as error:
+        ...     print(error.report.max_abs_error > 0, os.path.exists("refused.tflite"))
+        True False
     """
 
     def __init__(self, message, report):
@@ -54,9 +61,14 @@ class VerificationReport:
         failures: Human-readable reasons it failed; empty when it passed.
 
     Example:
-        >>> report = verify("gpt.tflite", model, tokens)
-        >>> report.passed, report.top1_agreement
-        (True, 1.0)
+        >>> import numpy as np
+        >>> from keras_llmopt import export, reference
+        >>> model = reference.build_gpt("tiny")
+        >>> _ = export.to_tflite(model, "gpt.tflite", sequence_length=16, verify=False)
+        >>> tokens = np.random.default_rng(0).integers(0, 256, (4, 16)).astype("int32")
+        >>> report = export.verify("gpt.tflite", model, tokens)
+        >>> report.passed, report.top1_agreement > 0.99
+        (True, True)
     """
 
     max_abs_error: float
@@ -85,7 +97,13 @@ class VerificationReport:
         """The figures as a plain dict.
 
         Example:
-            >>> verify("gpt.onnx", model, tokens).to_dict()["max_abs_error"]
+            >>> import numpy as np
+            >>> from keras_llmopt import export, reference
+            >>> model = reference.build_gpt("tiny")
+            >>> _ = export.to_onnx(model, "gpt.onnx", verify=False)
+            >>> tokens = np.zeros((2, 16), "int32")
+            >>> export.verify("gpt.onnx", model, tokens).to_dict()["passed"]
+            True
         """
         out = dataclasses.asdict(self)
         out["passed"] = self.passed
@@ -240,9 +258,16 @@ def verify(
         on a mismatch, the ``to_*`` exporters do.
 
     Example:
-        >>> windows = reference.evaluation_windows(corpus, 32)
-        >>> report = verify("gpt.tflite", model, windows[:, :-1], windows[:, 1:])
-        >>> report.max_abs_error, report.bpb_artifact
+        >>> import numpy as np
+        >>> from keras_llmopt import export, reference
+        >>> model = reference.build_gpt("tiny")
+        >>> _ = export.to_tflite(model, "gpt.tflite", sequence_length=32, verify=False)
+        >>> windows = np.random.default_rng(0).integers(0, 256, (4, 33)).astype("int32")
+        >>> report = export.verify("gpt.tflite", model, windows[:, :-1], windows[:, 1:])
+        >>> report.passed, abs(report.bpb_artifact - report.bpb_model) < 1e-3
+        (True, True)
+
+        On the reference corpus: ``windows = reference.evaluation_windows(corpus, 32)``.
     """
     if mode not in DEFAULT_TOLERANCES:
         raise ValueError(

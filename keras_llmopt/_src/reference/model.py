@@ -37,20 +37,27 @@ def build_gpt(config="tiny", seed=None):
     config = GPTConfig.preset(config)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    init = keras.initializers.RandomNormal(stddev=0.02)
+
+    # A fresh initializer per layer: Keras 3 reuses an unseeded initializer instance's seed,
+    # so sharing one would give every same-shaped kernel identical starting values.
+    def init():
+        return keras.initializers.RandomNormal(stddev=0.02)
+
     # Residual projections are scaled down with depth (GPT-2) so deep stacks start stable.
-    residual_init = keras.initializers.RandomNormal(stddev=0.02 / (2 * config.num_layers) ** 0.5)
+    def residual_init():
+        return keras.initializers.RandomNormal(stddev=0.02 / (2 * config.num_layers) ** 0.5)
+
     eps = config.layer_norm_epsilon
 
     tokens = keras.Input(shape=(None,), dtype="int32", name=INPUT_NAME)
     positions = ops.cumsum(ops.ones_like(tokens), axis=1) - 1
     token_embedding = layers.Embedding(
-        config.vocab_size, config.d_model, embeddings_initializer=init, name="token_embedding"
+        config.vocab_size, config.d_model, embeddings_initializer=init(), name="token_embedding"
     )(tokens)
     position_embedding = layers.Embedding(
         config.sequence_length,
         config.d_model,
-        embeddings_initializer=init,
+        embeddings_initializer=init(),
         name="position_embedding",
     )(positions)
     x = layers.Add(name="embedding_sum")([token_embedding, position_embedding])
@@ -66,22 +73,25 @@ def build_gpt(config="tiny", seed=None):
             num_heads=config.num_heads,
             key_dim=config.head_dim,
             dropout=config.dropout,
-            kernel_initializer=init,
+            kernel_initializer=init(),
             name=f"block_{i}_attention",
         )(h, h, use_causal_mask=True)
         x = layers.Add(name=f"block_{i}_add1")([x, h])
         h = layers.LayerNormalization(epsilon=eps, name=f"block_{i}_ln2")(x)
         h = layers.Dense(
-            config.mlp_dim, activation=activation, kernel_initializer=init, name=f"block_{i}_mlp_up"
+            config.mlp_dim,
+            activation=activation,
+            kernel_initializer=init(),
+            name=f"block_{i}_mlp_up",
         )(h)
         if config.gelu_approximate:
             h = ops.gelu(h, approximate=True)
         h = layers.Dense(
-            config.d_model, kernel_initializer=residual_init, name=f"block_{i}_mlp_down"
+            config.d_model, kernel_initializer=residual_init(), name=f"block_{i}_mlp_down"
         )(h)
         if config.dropout:
             h = layers.Dropout(config.dropout, name=f"block_{i}_dropout")(h)
         x = layers.Add(name=f"block_{i}_add2")([x, h])
     x = layers.LayerNormalization(epsilon=eps, name="final_ln")(x)
-    logits = layers.Dense(config.vocab_size, kernel_initializer=init, name="lm_head")(x)
+    logits = layers.Dense(config.vocab_size, kernel_initializer=init(), name="lm_head")(x)
     return keras.Model(tokens, logits, name=config.name)

@@ -16,6 +16,11 @@ from keras_llmopt._src.reference.training import train
 BATCH_SIZE = 16
 
 
+# Bump when build_gpt or the training helper changes what a recipe produces, so stale
+# cached models are retrained (2: one initializer instance per layer).
+MODEL_CODE_VERSION = 2
+
+
 def trained_model_path(preset, steps=None, seed=0, corpus=None):
     """Cache path of a trained reference model (it may not exist yet).
 
@@ -34,6 +39,7 @@ def trained_model_path(preset, steps=None, seed=0, corpus=None):
         "seed": seed,
         "corpus": [corpus.source, list(corpus.num_files)],
         "keras": keras.__version__,
+        "model_code": MODEL_CODE_VERSION,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir("models") / f"{config.name}-{key}.keras"

@@ -32,10 +32,18 @@ class UpdatePruningStep(keras.callbacks.Callback):
     (``on_train_batch_begin``/``on_epoch_end`` are accepted and do nothing).
 
     Example:
-        >>> import keras
-        >>> callback = UpdatePruningStep()
-        >>> isinstance(callback, keras.callbacks.Callback)
-        True
+        >>> import keras, numpy as np
+        >>> from keras_llmopt import sparsity
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="a")])
+        >>> pruned = sparsity.prune_low_magnitude(
+        ...     model, sparsity.ConstantSparsity(0.5, begin_step=0, frequency=1))
+        >>> pruned.compile(optimizer="sgd", loss="mse")
+        >>> x, y = np.ones((8, 8), "float32"), np.zeros((8, 4), "float32")
+        >>> _ = pruned.fit(x, y, batch_size=4, verbose=0,
+        ...                callbacks=[sparsity.UpdatePruningStep()])
+        >>> int(pruned.layers[0].pruning_step), float(sparsity.sparsity_report(pruned)
+        ...                                            .pruned_sparsity)
+        (1, 0.5)
     """
 
     def on_train_begin(self, logs=None):

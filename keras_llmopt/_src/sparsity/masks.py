@@ -201,9 +201,10 @@ def magnitude_mask(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
         >>> w = np.arange(1.0, 9.0, dtype="float32").reshape(4, 2)
         >>> mask, _ = magnitude_mask(w, np.ones_like(w), 0.5, (0,))
-        >>> ops.convert_to_numpy(mask).sum()
+        >>> float(ops.convert_to_numpy(mask).sum())
         4.0
     """
     spec = view_spec(weight.shape, input_axes)

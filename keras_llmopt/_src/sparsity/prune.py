@@ -129,6 +129,11 @@ def prune_low_magnitude(
         pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n
     )
     layer_filter = policy_lib.layer_filter(pruning_policy)
+    if not isinstance(include_embeddings, bool):
+        raise TypeError(
+            "`include_embeddings` must be True or False. "
+            f"Received: include_embeddings={include_embeddings!r}"
+        )
     if isinstance(to_prune, list | tuple):
         return [prune_low_magnitude(layer, *settings, pruning_policy) for layer in to_prune]
     if not isinstance(to_prune, keras.layers.Layer):

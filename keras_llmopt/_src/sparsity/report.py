@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -50,6 +51,16 @@ class SparsityReport:
         pruned_sparsity: Same over pruned (masked) weights only (``nan`` if none).
         dense_bytes: Sum of dense bytes.
         sparse_bytes: Sum of sparse-encoded bytes.
+
+    Example:
+        >>> import keras
+        >>> from keras_llmopt import sparsity
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="a")])
+        >>> report = sparsity.sparsity_report(model)
+        >>> report.global_sparsity, report.weights[0].path
+        (0.0, 'a/kernel')
+        >>> print(report)  # doctest: +ELLIPSIS
+        weight ...
     """
 
     weights: list
@@ -69,10 +80,15 @@ class SparsityReport:
                 f"{w.path:<60} {str(w.shape):<18} {w.sparsity:>8.3f} {w.dense_bytes:>10} "
                 f"{w.sparse_bytes:>10}"
             )
+        pruned = (
+            ""
+            if math.isnan(self.pruned_sparsity)
+            else f" (masked weights {self.pruned_sparsity:.4f})"
+        )
         lines.append(
-            f"global sparsity {self.global_sparsity:.4f} (pruned weights "
-            f"{self.pruned_sparsity:.4f}); dense {self.dense_bytes} B, sparse-encoded "
-            f"{self.sparse_bytes} B ({self.sparse_bytes / max(self.dense_bytes, 1):.3f}x)"
+            f"global sparsity {self.global_sparsity:.4f}{pruned}; dense {self.dense_bytes} B, "
+            f"sparse-encoded {self.sparse_bytes} B "
+            f"({self.sparse_bytes / max(self.dense_bytes, 1):.3f}x)"
         )
         return "\n".join(lines)
 
@@ -111,10 +127,16 @@ def sparsity_report(model):
     Example:
         >>> import keras
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="a")])
-        >>> model.layers[0].kernel.assign(keras.ops.zeros((8, 4)))
+        >>> _ = model.layers[0].kernel.assign(keras.ops.zeros((8, 4)))
+        >>> from keras_llmopt.sparsity import sparsity_report
         >>> sparsity_report(model).global_sparsity
         1.0
     """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "`model` must be a keras.Model or keras.layers.Layer. "
+            f"Received: model={model!r} of type {type(model).__name__}"
+        )
     masked = {}
     for unit in pruning_units(model):
         for pw in unit.pruned:

@@ -44,6 +44,8 @@ class PruningSchedule:
     ``get_config``; ``from_config(config)`` is ``cls(**config)``.
 
     Example:
+        >>> from keras import ops
+        >>> from keras_llmopt.sparsity import PruningSchedule
         >>> class Every10(PruningSchedule):
         ...     def __call__(self, step):
         ...         return self._should_prune_in_step(step, 0, -1, 10), ops.convert_to_tensor(0.5)
@@ -102,6 +104,8 @@ class ConstantSparsity(PruningSchedule):
         ValueError: On out-of-range arguments, naming the argument and value.
 
     Example:
+        >>> from keras import ops
+        >>> from keras_llmopt.sparsity import ConstantSparsity
         >>> schedule = ConstantSparsity(0.5, begin_step=0, frequency=10)
         >>> should, sparsity = schedule(ops.convert_to_tensor(10))
         >>> bool(should), float(sparsity)
@@ -149,6 +153,8 @@ class PolynomialDecay(PruningSchedule):
         ValueError: On out-of-range arguments, naming the argument and value.
 
     Example:
+        >>> from keras import ops
+        >>> from keras_llmopt.sparsity import PolynomialDecay
         >>> schedule = PolynomialDecay(0.0, 0.5, begin_step=0, end_step=100, frequency=10)
         >>> should, sparsity = schedule(ops.convert_to_tensor(100))
         >>> bool(should), round(float(sparsity), 3)

@@ -1,0 +1,78 @@
+"""Measuring a built variant: bits per byte, size and latency, the same way for all."""
+
+import gzip
+import os
+import statistics
+import time
+
+import numpy as np
+
+RUNTIMES = {".tflite": "litert", ".onnx": "onnxruntime"}
+
+
+def gzip_size(path):
+    """Bytes of the file after gzip (level 6): how well pruned / clustered weights compress.
+
+    Example:
+        >>> gzip_size("gpt.tflite") < os.path.getsize("gpt.tflite")
+        True
+    """
+    with open(path, "rb") as handle:
+        return len(gzip.compress(handle.read(), compresslevel=6))
+
+
+def keras_latency(model, sequence_length, warmup=5, repeats=30):
+    """Median milliseconds of one ``predict_on_batch`` of one ``(1, T)`` row in Keras.
+
+    Example:
+        >>> keras_latency(model, 128, repeats=10)
+    """
+    tokens = np.random.default_rng(0).integers(0, 256, (1, sequence_length)).astype(np.int32)
+    for _ in range(max(1, warmup)):
+        model.predict_on_batch(tokens)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict_on_batch(tokens)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def measure(built, corpus, num_windows, sequence_length, warmup, repeats, threads=(1, 2)):
+    """Size, bits per byte and latency of one built variant.
+
+    Artifacts run in their runtime (LiteRT with XNNPACK, or ONNX Runtime) at each
+    thread count; Keras models run in Keras (``latency_ms_keras``; TensorFlow's
+    thread pools cannot be resized inside a process).
+
+    Returns:
+        A dict of the measured fields.
+
+    Example:
+        >>> measure(built, corpus, 64, 128, warmup=5, repeats=30)["bpb"]
+    """
+    from keras_llmopt import export
+    from keras_llmopt._src.reference.evaluation import evaluate
+
+    row = {"size_bytes": built.size_bytes}
+    if built.path is not None:
+        row["runtime"] = RUNTIMES.get(os.path.splitext(built.path)[1], "?")
+        row["artifact"] = built.path
+        row["size_gzip_bytes"] = gzip_size(built.path)
+        row["bpb"] = evaluate(built.path, corpus, num_windows=num_windows).bpb
+        for n in threads:
+            row[f"latency_ms_{n}t"] = export.measure_latency(
+                built.path, num_threads=n, warmup=warmup, repeats=repeats
+            )
+        if built.path.endswith(".tflite"):
+            runner = export.load_runner(built.path)
+            row["xnnpack"] = getattr(runner, "xnnpack_error", None) is None
+    else:
+        row["runtime"] = "keras"
+        row["bpb"] = evaluate(built.model, corpus, num_windows=num_windows).bpb
+        row["latency_ms_keras"] = keras_latency(built.model, sequence_length, warmup, repeats)
+    v = built.verification
+    row["verified"] = None if v is None else bool(v.passed)
+    row["top1_agreement"] = None if v is None else v.top1_agreement
+    row["notes"] = list(built.notes)
+    return row

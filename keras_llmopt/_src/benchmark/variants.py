@@ -1,0 +1,452 @@
+"""The benchmark's variants: how each one is built from the trained reference GPT.
+
+A builder takes the :class:`BenchmarkContext` and returns a :class:`Built`: an artifact
+file to run in LiteRT / ONNX Runtime, or a Keras model to run in Keras. Intermediate
+results several variants share (the fp32 TFLite and ONNX files, the pruned fine-tune)
+are built once per run through ``context.shared``.
+"""
+
+import copy
+import dataclasses
+import os
+import warnings
+
+import numpy as np
+from absl import logging
+
+from keras_llmopt._src.pipeline.stages import pruning_schedule, require_module
+
+
+@dataclasses.dataclass
+class Built:
+    """One built variant, ready to measure.
+
+    Attributes:
+        path: Artifact file (``.tflite``/``.onnx``), or ``None`` for a Keras model.
+        model: The Keras model for Keras-run variants.
+        size_bytes: Bytes on disk (for a Keras model: its saved ``.keras`` file).
+        verification: The export's ``VerificationReport`` (``None`` if not verified).
+        notes: What was done or worked around, in words.
+    """
+
+    path: str | None = None
+    model: object = None
+    size_bytes: int | None = None
+    verification: object = None
+    notes: tuple = ()
+
+
+@dataclasses.dataclass
+class BenchmarkContext:
+    """Everything the builders share for one benchmark run.
+
+    Attributes:
+        model: The trained Keras fp32 reference model (never modified).
+        config: Its ``GPTConfig``.
+        corpus: The corpus (validation windows for verification, train for tuning).
+        work_dir: Folder the artifacts are written to.
+        finetune_steps: Fine-tuning steps of the pruning / QAT / clustering variants.
+        calibration_windows: Training windows used for post-training calibration.
+        verify_windows: Validation windows every export is verified on.
+        seed: Seed of the fine-tuning data order.
+        verbose: Keras ``fit`` verbosity while fine-tuning.
+    """
+
+    model: object
+    config: object
+    corpus: object
+    work_dir: str
+    finetune_steps: int = 300
+    calibration_windows: int = 64
+    verify_windows: int = 16
+    seed: int = 0
+    verbose: object = "auto"
+    _memo: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def sequence_length(self):
+        """Fixed sequence length of every artifact."""
+        return self.config.sequence_length
+
+    def path(self, name):
+        """Path of a file inside the work folder."""
+        return os.path.join(self.work_dir, name)
+
+    def shared(self, key, build):
+        """``build()`` once per run (its error too, re-raised for every later caller)."""
+        if key not in self._memo:
+            try:
+                self._memo[key] = (build(), None)
+            except Exception as error:  # recorded so each dependent row reports it
+                self._memo[key] = (None, error)
+        value, error = self._memo[key]
+        if error is not None:
+            raise RuntimeError(f"{key} failed: {type(error).__name__}: {error}") from error
+        return value
+
+    def verification_data(self):
+        """``(inputs, targets)`` validation windows every export is verified on."""
+        windows = _spread(self.corpus.validation, self.verify_windows)
+        return windows[:, :-1], windows[:, 1:]
+
+    def calibration_data(self):
+        """Training token windows for post-training calibration."""
+        return _spread(self.corpus.train, self.calibration_windows)[:, :-1]
+
+    def train(self, model, learning_rate, callbacks=None, compile=True):
+        """Fine-tunes ``model`` for ``finetune_steps`` on the corpus."""
+        from keras_llmopt._src.reference.training import train
+
+        return train(
+            model,
+            self.corpus,
+            self.finetune_steps,
+            learning_rate=learning_rate,
+            seed=self.seed,
+            callbacks=callbacks,
+            verbose=self.verbose,
+            compile=compile,
+        )
+
+
+def _spread(windows, count):
+    index = np.linspace(0, len(windows) - 1, min(count, len(windows))).round().astype(int)
+    return np.asarray(windows[index]).astype(np.int32)
+
+
+def _tflite(ctx, model, name, **kwargs):
+    from keras_llmopt import export
+
+    kwargs.setdefault("verification_data", ctx.verification_data())
+    report = export.to_tflite(
+        model, ctx.path(f"{name}.tflite"), sequence_length=ctx.sequence_length, **kwargs
+    )
+    return Built(
+        path=report.path,
+        size_bytes=report.size_bytes,
+        verification=report.verification,
+        notes=report.notes,
+    )
+
+
+def _keras_size(ctx, model, name):
+    path = ctx.path(f"{name}.keras")
+    model.save(path)
+    return os.path.getsize(path)
+
+
+# --- anchors -----------------------------------------------------------------------
+
+
+def keras_fp32(ctx):
+    """The trained Keras model itself (the bpb reference)."""
+    return Built(model=ctx.model, size_bytes=_keras_size(ctx, ctx.model, "keras_fp32"))
+
+
+def _keras_native(mode):
+    def build(ctx):
+        model = copy.deepcopy(ctx.model)
+        with warnings.catch_warnings():  # "Layer Add does not have a quantize method", ...
+            warnings.simplefilter("ignore", UserWarning)
+            model.quantize(mode)
+        return Built(
+            model=model,
+            size_bytes=_keras_size(ctx, model, f"keras_{mode}"),
+            notes=(f"Keras 3 model.quantize({mode!r}); run in Keras (no TFLite conversion)",),
+        )
+
+    build.__doc__ = f"Keras 3 native post-training ``model.quantize({mode!r})`` on a copy."
+    return build
+
+
+def _tflite_mode(mode, name):
+    def build(ctx):
+        if mode is None:
+            return tflite_fp32_shared(ctx)
+        return _tflite(ctx, ctx.model, name, quantization=mode)
+
+    build.__doc__ = f"The TFLite converter's own {mode or 'float32'} path, verified."
+    return build
+
+
+def tflite_fp32_shared(ctx):
+    """The fp32 TFLite file (built once; other variants start from it)."""
+    return ctx.shared("tflite_fp32", lambda: _tflite(ctx, ctx.model, "tflite_fp32"))
+
+
+def tflite_full_int8_ptq(ctx):
+    """The converter's full-integer post-training int8 path, measured, not refused.
+
+    Exported with ``verify=False`` (``to_tflite`` would rightly refuse a wrecked
+    artifact), then verified without raising: the row's ``verified`` says whether it
+    passes, and the measures say how far off it is.
+    """
+    built = _tflite(
+        ctx,
+        ctx.model,
+        "tflite_full_int8_ptq",
+        quantization="int8",
+        representative_dataset=ctx.calibration_data(),
+        verify=False,
+        verification_data=None,
+    )
+    from keras_llmopt import export
+
+    # Verified afterwards, without raising, so the row shows whether it would pass.
+    inputs, targets = ctx.verification_data()
+    built.verification = export.verify(built.path, ctx.model, inputs, targets, mode="int8")
+    failures = "; ".join(built.verification.failures)
+    built.notes = (
+        *built.notes,
+        "exported with verify=False so it is measured, then verified: "
+        + (f"FAILS ({failures})" if failures else "passes"),
+    )
+    return built
+
+
+def onnx_fp32_shared(ctx):
+    """The fp32 ONNX file (built once)."""
+    from keras_llmopt import export
+
+    def build():
+        report = export.to_onnx(
+            ctx.model,
+            ctx.path("onnx_fp32.onnx"),
+            sequence_length=ctx.sequence_length,
+            batch_size=1,
+            verification_data=ctx.verification_data(),
+        )
+        return Built(
+            path=report.path,
+            size_bytes=report.size_bytes,
+            verification=report.verification,
+            notes=report.notes,
+        )
+
+    return ctx.shared("onnx_fp32", build)
+
+
+def onnx_dynamic_int8(ctx):
+    """ONNX Runtime's own dynamic int8 (``quantize_dynamic``) of the fp32 ONNX file."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = onnx_fp32_shared(ctx).path
+    path = ctx.path("onnx_dynamic_int8.onnx")
+    quantize_dynamic(source, path, weight_type=QuantType.QInt8)
+    return Built(path=path, size_bytes=os.path.getsize(path), notes=("quantize_dynamic, QInt8",))
+
+
+def _aeq(recipe_name, label):
+    def build(ctx):
+        from ai_edge_quantizer import quantizer, recipe
+
+        source = tflite_fp32_shared(ctx).path
+        result = quantizer.Quantizer(source, getattr(recipe, recipe_name)()).quantize()
+        path = ctx.path(f"{label}.tflite")
+        with open(path, "wb") as handle:
+            handle.write(result.quantized_model)
+        return Built(
+            path=path,
+            size_bytes=os.path.getsize(path),
+            notes=(f"AI Edge Quantizer recipe.{recipe_name}() on the fp32 .tflite",),
+        )
+
+    build.__doc__ = f"AI Edge Quantizer's ``{recipe_name}`` recipe on the fp32 ``.tflite``."
+    return build
+
+
+# --- tfmot on a tf_keras twin --------------------------------------------------------
+
+
+def _twin(ctx):
+    from keras_llmopt._src.benchmark.twin import twin_of
+
+    return twin_of(ctx.model, ctx.config)
+
+
+def _tfmot_pruned(ctx, name, whole_model):
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    from keras_llmopt._src.benchmark.twin import tflite_bytes
+    from keras_llmopt._src.reference.training import make_batches
+
+    prune = tfmot.sparsity.keras
+    ours = pruning_schedule(ctx.finetune_steps, 0.5)
+    schedule = prune.PolynomialDecay(0.0, 0.5, 0, ours.end_step, frequency=ours.frequency)
+    twin = _twin(ctx)
+    if whole_model:
+        pruned = prune.prune_low_magnitude(twin, pruning_schedule=schedule)
+    else:
+
+        def wrap(layer):
+            if isinstance(layer, tf_keras.layers.Dense) and "mlp" in layer.name:
+                return prune.prune_low_magnitude(layer, pruning_schedule=schedule)
+            return layer
+
+        # The clone reuses the twin's (trained) layers, wrapped where tfmot prunes.
+        pruned = tf_keras.models.clone_model(twin, clone_function=wrap)
+    pruned.compile(
+        optimizer=tf_keras.optimizers.Adam(5e-4, clipnorm=1.0),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = make_batches(ctx.corpus.train, 16, ctx.finetune_steps, seed=ctx.seed)
+    logging.info("benchmark: tfmot pruning fine-tune, %d steps", ctx.finetune_steps)
+    pruned.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=1,
+        shuffle=False,
+        verbose=ctx.verbose,
+        callbacks=[prune.UpdatePruningStep()],
+    )
+    stripped = prune.strip_pruning(pruned)
+    wrapped = [layer.name for layer in pruned.layers if type(layer).__name__ == "PruneLowMagnitude"]
+    path = ctx.path(f"{name}.tflite")
+    with open(path, "wb") as handle:
+        handle.write(tflite_bytes(stripped, ctx.sequence_length, "dynamic_int8"))
+    return Built(
+        path=path,
+        size_bytes=os.path.getsize(path),
+        notes=(f"tfmot pruned {len(wrapped)} tf_keras twin layers: {wrapped}",),
+    )
+
+
+def tfmot_pruned50_dynamic_int8(ctx):
+    """Tfmot pruning of the tf_keras twin's MLP Dense layers (as scripts/benchmark_pruning.py).
+
+    Same schedule, steps and data as ``klo_pruned50_*``; stripped, then dynamic int8.
+    """
+    return _tfmot_pruned(ctx, "tfmot_pruned50_dynamic_int8", whole_model=False)
+
+
+def tfmot_pruned50_whole_model(ctx):
+    """Tfmot ``prune_low_magnitude`` on the whole twin, as a user tries first; dynamic int8."""
+    return _tfmot_pruned(ctx, "tfmot_pruned50_whole_model", whole_model=True)
+
+
+def tfmot_qat_int8(ctx):
+    """Tfmot ``quantize_model`` on the twin (int32 token input), fine-tuned, int8 TFLite."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    from keras_llmopt._src.benchmark.twin import tflite_bytes
+    from keras_llmopt._src.reference.training import make_batches
+
+    twin = _twin(ctx)
+    # quantize_model round-trips the model through its config; the twin's only Lambda
+    # (positions) is ours, so loading it is safe.
+    with SafeModeScope(False):
+        qat = tfmot.quantization.keras.quantize_model(twin)
+    qat.compile(
+        optimizer=tf_keras.optimizers.Adam(1e-4, clipnorm=1.0),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = make_batches(ctx.corpus.train, 16, ctx.finetune_steps, seed=ctx.seed)
+    qat.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=ctx.verbose)
+
+    path = ctx.path("tfmot_qat_int8.tflite")
+    with open(path, "wb") as handle:
+        handle.write(tflite_bytes(qat, ctx.sequence_length, "dynamic_int8"))
+    return Built(path=path, size_bytes=os.path.getsize(path))
+
+
+# --- ours ----------------------------------------------------------------------------
+
+
+def pruned50_shared(ctx):
+    """The model pruned to 50% (attention q/k/v/o + MLP) while fine-tuning, stripped."""
+
+    def build():
+        from keras_llmopt import sparsity
+
+        schedule = pruning_schedule(ctx.finetune_steps, 0.5)
+        pruned = sparsity.prune_low_magnitude(ctx.model, schedule)
+        logging.info("benchmark: pruning fine-tune, %d steps", ctx.finetune_steps)
+        ctx.train(pruned, 5e-4, callbacks=[sparsity.UpdatePruningStep()])
+        return sparsity.strip_pruning(pruned)
+
+    return ctx.shared("klo_pruned50", build)
+
+
+def dense_finetuned_fp32(ctx):
+    """The matched control of the fine-tuned rows: a dense fine-tune, same steps and data.
+
+    A short fine-tune alone can move bits per byte (an under-trained model improves);
+    compare ``klo_pruned50_*`` / ``tfmot_pruned50_*`` with this row, not only with
+    ``keras_fp32``.
+    """
+    from keras_llmopt._src.sparsity.prune import copy_model
+
+    dense = copy_model(ctx.model)
+    logging.info("benchmark: dense fine-tune (control), %d steps", ctx.finetune_steps)
+    ctx.train(dense, 5e-4)
+    return _tflite(ctx, dense, "dense_finetuned_fp32")
+
+
+def klo_pruned50_sparse_tflite(ctx):
+    """50% pruned, fp32 TFLite in the sparse encoding."""
+    return _tflite(ctx, pruned50_shared(ctx), "klo_pruned50_sparse_tflite", sparse=True)
+
+
+def klo_pruned50_dynamic_int8(ctx):
+    """50% pruned, dynamic-range int8 TFLite."""
+    return _tflite(
+        ctx, pruned50_shared(ctx), "klo_pruned50_dynamic_int8", quantization="dynamic_int8"
+    )
+
+
+def klo_pruned50_sparse_dynamic_int8(ctx):
+    """50% pruned, dynamic-range int8 weights stored in the sparse encoding."""
+    return _tflite(
+        ctx,
+        pruned50_shared(ctx),
+        "klo_pruned50_sparse_dynamic_int8",
+        quantization="dynamic_int8",
+        sparse=True,
+    )
+
+
+def klo_qat_int8(ctx):
+    """Quantization-aware fine-tune (keras_llmopt.quantization), full-integer TFLite."""
+    quantization = require_module("quantize", "variant klo_qat_int8")
+    qat = quantization.quantize_model(ctx.model)
+    logging.info("benchmark: quantization-aware fine-tune, %d steps", ctx.finetune_steps)
+    ctx.train(qat, 1e-4)
+    return _tflite(ctx, qat, "klo_qat_int8", quantization="int8")
+
+
+def klo_cluster16(ctx):
+    """16-cluster k-means weights (keras_llmopt.clustering), fine-tuned, stripped."""
+    clustering = require_module("cluster", "variant klo_cluster16")
+    clustered = clustering.cluster_weights(ctx.model, 16)
+    logging.info("benchmark: clustering fine-tune, %d steps", ctx.finetune_steps)
+    ctx.train(clustered, 1e-4)
+    return _tflite(ctx, clustering.strip_clustering(clustered), "klo_cluster16")
+
+
+# name -> builder; the order is the table's order.
+VARIANTS = {
+    "keras_fp32": keras_fp32,
+    "tflite_fp32": _tflite_mode(None, "tflite_fp32"),
+    "tflite_fp16": _tflite_mode("float16", "tflite_fp16"),
+    "tflite_dynamic_int8": _tflite_mode("dynamic_int8", "tflite_dynamic_int8"),
+    "tflite_full_int8_ptq": tflite_full_int8_ptq,
+    "keras_int8": _keras_native("int8"),
+    "keras_int4": _keras_native("int4"),
+    "onnx_fp32": lambda ctx: onnx_fp32_shared(ctx),
+    "onnx_dynamic_int8": onnx_dynamic_int8,
+    "aeq_dynamic_int8": _aeq("dynamic_wi8_afp32", "aeq_dynamic_int8"),
+    "aeq_weight_only_int4": _aeq("weight_only_wi4_afp32", "aeq_weight_only_int4"),
+    "tfmot_pruned50_whole_model": tfmot_pruned50_whole_model,
+    "tfmot_pruned50_dynamic_int8": tfmot_pruned50_dynamic_int8,
+    "tfmot_qat_int8": tfmot_qat_int8,
+    "dense_finetuned_fp32": dense_finetuned_fp32,
+    "klo_pruned50_sparse_tflite": klo_pruned50_sparse_tflite,
+    "klo_pruned50_dynamic_int8": klo_pruned50_dynamic_int8,
+    "klo_pruned50_sparse_dynamic_int8": klo_pruned50_sparse_dynamic_int8,
+    "klo_qat_int8": klo_qat_int8,
+    "klo_cluster16": klo_cluster16,
+}

@@ -1,0 +1,203 @@
+"""Runs a validated recipe on a model: stage after stage, then a summary file."""
+
+import copy
+import dataclasses
+import json
+import os
+import time
+
+import keras
+from absl import logging
+
+from keras_llmopt._src.pipeline import recipe as recipe_lib
+from keras_llmopt._src.pipeline import stages as stages_lib
+from keras_llmopt._src.reference.cache import atomic_path
+
+SUMMARY_NAME = "pipeline.json"
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """What a recipe run produced.
+
+    Attributes:
+        recipe: The :class:`~keras_llmopt._src.pipeline.recipe.Recipe` that ran.
+        model: The final Keras model (stripped when the recipe strips).
+        artifacts: One dict per exported artifact (path, size, verification).
+        evaluations: One dict per ``evaluate`` stage (bpb, loss, ...).
+        timings: ``[(stage label, seconds)]``.
+        summary_path: The ``pipeline.json`` written into the output folder.
+
+    Example:
+        >>> result = run_recipe("examples/recipes/prune50_int8.yaml", model, out_dir="out")
+        >>> [a["path"] for a in result.artifacts]
+    """
+
+    recipe: object
+    model: object
+    artifacts: list
+    evaluations: list
+    timings: list
+    summary_path: str
+
+    def to_dict(self):
+        """Plain data for JSON (the model is left out)."""
+        return {
+            "recipe": self.recipe.to_dict(),
+            "artifacts": self.artifacts,
+            "evaluations": self.evaluations,
+            "timings": [{"stage": label, "seconds": s} for label, s in self.timings],
+        }
+
+
+def _sequence_length(model):
+    for layer in model.layers:
+        if layer.name == "position_embedding":
+            return int(layer.input_dim)
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is not None and len(shape) == 2 and shape[1]:
+        return int(shape[1])
+    return None
+
+
+def preflight(recipe):
+    """Checks, before anything trains, that every stage's module is available.
+
+    Raises:
+        StageError: Naming the first stage whose module is missing here.
+        ValueError: A quantization scheme or centroid initialization the installed
+            module does not know (naming the stage and key).
+
+    Example:
+        >>> preflight(parse_recipe({"stages": ["strip"]}))
+    """
+    for stage in recipe.stages:
+        if stage.name in stages_lib.OPTIONAL_MODULES:
+            stages_lib.require_module(stage.name, stage.label)
+        if stage.name == "quantize":
+            module = stages_lib.require_module("quantize", stage.label)
+            if stage.params["calibrate"] and not hasattr(module, "calibrate"):
+                raise stages_lib.StageError(
+                    f"Recipe {stage.label}, key `calibrate`: keras_llmopt.quantization has no "
+                    "calibrate() in this installation."
+                )
+            _check_choice(stage, "scheme", getattr(module, "SCHEMES", None))
+        if stage.name == "cluster":
+            module = stages_lib.require_module("cluster", stage.label)
+            inits = getattr(module, "CentroidInitialization", None)
+            names = [n for n in vars(inits) if n.isupper()] if inits is not None else None
+            _check_choice(stage, "init", names)
+
+
+def _check_choice(stage, key, accepted):
+    value = stage.params[key]
+    if value is None or accepted is None or value in accepted:
+        return
+    raise ValueError(
+        f"Recipe {stage.label}, key `{key}`: unknown value. Received: {key}={value!r}; "
+        f"accepted: {sorted(accepted)}"
+    )
+
+
+def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save_model=True):
+    """Runs a recipe's stages in order on a copy of ``model``; writes into ``out_dir``.
+
+    Everything is validated first (the recipe, the model, the modules the stages need),
+    so a bad recipe fails before any training. Fine-tuning stages train on the
+    reference corpus (a progress bar per stage); export stages write verified
+    artifacts atomically. At the end ``out_dir/pipeline.json`` records the recipe,
+    the artifacts with their verification, evaluations and stage timings, and (with
+    ``save_model``) the final model is saved as ``out_dir/model.keras``.
+
+    Args:
+        recipe: A ``Recipe``, a recipe dict, or the path of a ``.yaml``/``.json`` recipe.
+        model: A Keras language model mapping int32 tokens ``(batch, T)`` to logits
+            (e.g. the reference GPT). It is not modified.
+        out_dir: Output folder (created if needed).
+        corpus: A ``Corpus`` for fine-tuning and verification (default: the reference
+            corpus at the model's sequence length).
+        seed: Seed of the fine-tuning data order.
+        verbose: Keras ``fit`` verbosity.
+        save_model: Also save the final model as ``model.keras`` (skipped, with a
+            note in the summary, if the model cannot be saved).
+
+    Returns:
+        A :class:`PipelineResult`.
+
+    Raises:
+        ValueError / TypeError: Invalid recipe or arguments (before any training).
+        StageError: A stage could not run; the message names it.
+
+    Example:
+        >>> from keras_llmopt import pipeline, reference
+        >>> model = reference.trained_model("tiny")
+        >>> result = pipeline.run_recipe(
+        ...     {"stages": [{"prune": {"final_sparsity": 0.5, "steps": 50}}, "strip",
+        ...                 {"export": {"quantization": "dynamic_int8"}}]},
+        ...     model, out_dir="out")
+        >>> result.artifacts[0]["verified"]
+        True
+    """
+    if isinstance(recipe, str | os.PathLike):
+        recipe = recipe_lib.load_recipe(recipe)
+    elif not isinstance(recipe, recipe_lib.Recipe):
+        recipe = recipe_lib.parse_recipe(recipe)
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"run_recipe: `model` must be a keras.Model. Received: model of type "
+            f"{type(model).__name__}"
+        )
+    if not isinstance(out_dir, str | os.PathLike) or not os.fspath(out_dir):
+        raise TypeError(f"run_recipe: `out_dir` must be a folder path. Received: {out_dir!r}")
+    length = _sequence_length(model)
+    if length is None:
+        raise ValueError(
+            f"run_recipe: cannot tell the sequence length of model '{model.name}': it needs "
+            "a (batch, T) token input with T fixed, or a 'position_embedding' layer."
+        )
+    preflight(recipe)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    if corpus is None:
+        from keras_llmopt._src.reference.corpus import load_corpus
+
+        corpus = load_corpus(length)
+    ctx = stages_lib.StageContext(corpus, out_dir, length, seed=seed, verbose=verbose)
+    state = stages_lib.PipelineState(model=copy.deepcopy(model))
+    total = len(recipe.stages)
+    start = time.time()
+    for stage in recipe.stages:
+        logging.info("[%d/%d] %s %s", stage.index + 1, total, stage.name, _brief(stage.params))
+        state = stages_lib.run_stage(stage, state, ctx)
+    notes = []
+    if save_model:
+        notes.extend(_save_final(state.model, out_dir))
+    result = PipelineResult(
+        recipe=recipe,
+        model=state.model,
+        artifacts=state.artifacts,
+        evaluations=state.evaluations,
+        timings=state.timings,
+        summary_path=os.path.join(out_dir, SUMMARY_NAME),
+    )
+    summary = {**result.to_dict(), "wall_time_s": time.time() - start, "notes": notes}
+    with atomic_path(result.summary_path) as tmp:
+        with open(tmp, "w") as handle:
+            json.dump(summary, handle, indent=2, default=str)
+    logging.info("Recipe %r done in %.0f s: %s", recipe.name, time.time() - start, out_dir)
+    return result
+
+
+def _brief(params):
+    return ", ".join(f"{k}={v}" for k, v in params.items() if v is not None) or ""
+
+
+def _save_final(model, out_dir):
+    path = os.path.join(out_dir, "model.keras")
+    try:
+        with atomic_path(path) as tmp:
+            model.save(tmp)
+    except Exception as error:  # a QAT or in-place pruned model may not be savable
+        logging.warning("Final model not saved as .keras: %s", error)
+        return [f"final model not saved as model.keras: {type(error).__name__}: {error}"]
+    return []

@@ -1,0 +1,307 @@
+"""``QuantizeConfig``: what to quantize in one layer, and the default configs per layer type.
+
+tfmot's interface, simplified for Keras 3 (layers are patched, not cloned):
+
+* ``get_weights_and_quantizers(layer)``: ``[(weight, quantizer), ...]``, the weight
+  given as its attribute name (``"kernel"``) or the variable itself. During a call
+  the layer sees the fake-quantized weight in place of the variable.
+* ``get_activations_and_quantizers(layer)``: ``[(attribute, quantizer), ...]`` for
+  callable attributes such as ``"activation"``: the quantizer is applied to the
+  *input* of that function (e.g. a Dense's pre-activation, which TFLite's
+  FULLY_CONNECTED outputs before a separate GELU).
+* ``get_output_quantizers(layer)``: one quantizer per output to quantize.
+* ``get_config()``; there are no ``set_quantize_*`` methods: the framework swaps
+  the quantized tensors in and out around the layer's own ``call``.
+
+A config instance is deep-copied per layer, so quantizers may be created in
+``__init__`` or in the getters.
+"""
+
+import re
+
+import keras
+
+from keras_llmopt._src.quantization.layer_quantizers import (
+    ActivationQuantizer,
+    FixedRangeQuantizer,
+    WeightQuantizer,
+)
+
+# Room below the attention scores' observed minimum for the masked positions' fill:
+# exp(-16) * 4096 keys < 5e-4 of a row's probability mass, below int8 softmax's 1/256 step.
+ATTENTION_MASK_MARGIN = 16.0
+
+
+class QuantizeConfig:
+    """Base class describing how to quantize one layer (tfmot's ``QuantizeConfig``).
+
+    Subclass it for custom layers and pass an instance to
+    ``quantize_annotate_layer(layer, quantize_config=...)``.
+
+    Example:
+        >>> class ScaleConfig(QuantizeConfig):
+        ...     def get_weights_and_quantizers(self, layer):
+        ...         return [("w", WeightQuantizer(num_bits=8, per_channel=False))]
+        ...     def get_output_quantizers(self, layer):
+        ...         return [ActivationQuantizer()]
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        """``[(weight attribute name or variable, Quantizer)]``."""
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        """``[(callable attribute name, Quantizer)]``; quantizes the callable's input."""
+        return []
+
+    def get_output_quantizers(self, layer):
+        """Quantizers for the layer's outputs, in order."""
+        return []
+
+    def quantize_outputs(self, layer, call_kwargs):
+        """Whether this call's outputs are quantized (default: always)."""
+        return True
+
+    def get_config(self):
+        """Constructor arguments."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuilds the config from :meth:`get_config`."""
+        return cls(**config)
+
+
+def _activation_quantizer(scheme, margin=0.0):
+    return ActivationQuantizer(
+        num_bits=scheme.activation_bits,
+        symmetric=scheme.activation_symmetric,
+        momentum=scheme.momentum,
+        margin=margin,
+    )
+
+
+def _weight_quantizer(scheme, output_axes=1, per_channel=None):
+    return WeightQuantizer(
+        num_bits=scheme.weight_bits,
+        per_channel=scheme.weight_per_channel if per_channel is None else per_channel,
+        group_size=scheme.weight_group_size,
+        output_axes=output_axes,
+    )
+
+
+def einsum_output_axes(layer):
+    """Trailing kernel axes of an EinsumDense that index its output (1 if not trailing)."""
+    equation = layer.equation.replace(" ", "")
+    match = re.match(r"([a-zA-Z.]+),([a-zA-Z.]+)->([a-zA-Z.]+)", equation)
+    if not match:
+        return 1
+    _, kernel, output = match.groups()
+    count = 0
+    for letter in reversed(kernel):
+        if letter not in output:
+            break
+        count += 1
+    if count == 0 or any(letter in output for letter in kernel[: len(kernel) - count]):
+        return 0  # output axes not trailing: one range per tensor
+    return count
+
+
+def einsum_dense_view(layer):
+    """``(n_in, n_out)`` if an EinsumDense is a Dense over flattened trailing axes, else None.
+
+    True of ``"abc,cde->abde"`` (attention q/k/v: ``(B, T, d) x (d, N, H)``) and
+    ``"abcd,cde->abe"`` (attention output); such a layer is quantized and computed as
+    one matmul with a 2-D ``(inputs, outputs)`` kernel, which TFLite turns into a
+    FULLY_CONNECTED with per-output-channel int8 weights.
+    """
+    equation = getattr(layer, "equation", "").replace(" ", "")
+    match = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$", equation)
+    if not match:
+        return None
+    inputs, kernel, output = match.groups()
+    k_in = "".join(c for c in kernel if c in inputs and c not in output)
+    k_out = "".join(c for c in kernel if c in output and c not in inputs)
+    if not k_in or not k_out or kernel != k_in + k_out:
+        return None
+    if not inputs.endswith(k_in) or not output.endswith(k_out):
+        return None
+    if inputs[: -len(k_in)] != output[: -len(k_out)]:
+        return None
+    return len(k_in), len(k_out)
+
+
+class WeightedLayerConfig(QuantizeConfig):
+    """Dense, EinsumDense and Conv: kernel per output channel, pre-activation and output.
+
+    Args:
+        scheme: A ``QuantizeScheme``.
+        output_axes: Trailing kernel axes forming the output channel (0: per tensor).
+        weight_name: The kernel's attribute.
+    """
+
+    def __init__(self, scheme, output_axes=1, weight_name="kernel", dense_view=None):
+        self.scheme = scheme
+        self.output_axes = output_axes
+        self.weight_name = weight_name
+        self.dense_view = dense_view
+
+    def get_weights_and_quantizers(self, layer):
+        if self.dense_view is not None:  # quantized on the 2-D (inputs, outputs) view
+            return [(self.weight_name, _weight_quantizer(self.scheme, 1))]
+        per_channel = None if self.output_axes else False
+        return [(self.weight_name, _weight_quantizer(self.scheme, self.output_axes, per_channel))]
+
+    def get_activations_and_quantizers(self, layer):
+        activation = getattr(layer, "activation", None)
+        if self.scheme.activation_bits is None or activation in (None, keras.activations.linear):
+            return []
+        return [("activation", _activation_quantizer(self.scheme))]
+
+    def get_output_quantizers(self, layer):
+        return [] if self.scheme.activation_bits is None else [_activation_quantizer(self.scheme)]
+
+
+def _takes_reverse(layer):
+    import inspect
+
+    try:
+        return "reverse" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class EmbeddingConfig(QuantizeConfig):
+    """Embedding: the table per tensor (TFLite's GATHER keeps the table's scale).
+
+    A lookup's output keeps the table's quantization; a reversible embedding used
+    as the output head (``reverse=True``, KerasHub) gets an output quantizer.
+    """
+
+    def __init__(self, scheme):
+        self.scheme = scheme
+
+    def get_weights_and_quantizers(self, layer):
+        return [("embeddings", _weight_quantizer(self.scheme, 0, per_channel=False))]
+
+    def get_output_quantizers(self, layer):
+        if self.scheme.activation_bits is None or not _takes_reverse(layer):
+            return []
+        return [_activation_quantizer(self.scheme)]
+
+    def quantize_outputs(self, layer, call_kwargs):
+        return bool(call_kwargs.get("reverse", False))
+
+
+class OutputConfig(QuantizeConfig):
+    """Layers quantized at their output only: residual adds, normalizations."""
+
+    def __init__(self, scheme):
+        self.scheme = scheme
+
+    def get_output_quantizers(self, layer):
+        return [] if self.scheme.activation_bits is None else [_activation_quantizer(self.scheme)]
+
+
+class AttentionConfig(QuantizeConfig):
+    """MultiHeadAttention's inner tensors (its q/k/v/o EinsumDense are quantized as layers).
+
+    ``get_attention_quantizers`` gives the quantizers of the scaled query, the
+    attention scores (observed over unmasked positions only, range lowered by
+    ``ATTENTION_MASK_MARGIN`` to hold the mask fill), the softmax probabilities
+    (fixed ``[0, 1)``) and the attention output (before the output projection).
+    """
+
+    def __init__(self, scheme):
+        self.scheme = scheme
+
+    def get_attention_quantizers(self, layer):
+        """``{"query", "scores", "probs", "output"}`` -> quantizer (empty: weight-only)."""
+        if self.scheme.activation_bits is None:
+            return {}
+        bits = self.scheme.activation_bits
+        if self.scheme.activation_symmetric:
+            top = 1.0 - 2.0 ** -(bits - 1)
+            probs = FixedRangeQuantizer(-top, top, num_bits=bits, narrow_range=True)
+        else:
+            probs = FixedRangeQuantizer(0.0, 255.0 / 256.0, num_bits=8)
+        return {
+            "query": _activation_quantizer(self.scheme),
+            "scores": _activation_quantizer(self.scheme, margin=ATTENTION_MASK_MARGIN),
+            "probs": probs,
+            "output": _activation_quantizer(self.scheme),
+        }
+
+
+_NORM_TYPES = [keras.layers.LayerNormalization]
+for _name in ("RMSNormalization", "GroupNormalization", "BatchNormalization", "UnitNormalization"):
+    if hasattr(keras.layers, _name):
+        _NORM_TYPES.append(getattr(keras.layers, _name))
+_MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Average)
+
+# (layer type, factory(layer, scheme) -> config or None); last registered match wins.
+_DEFAULTS = []
+
+
+def register_default_config(layer_type, factory):
+    """Registers the default config of a layer type (``isinstance``; latest wins).
+
+    Args:
+        layer_type: A ``keras.layers.Layer`` subclass.
+        factory: ``fn(layer, scheme) -> QuantizeConfig`` (or ``None`` to skip).
+
+    Example:
+        >>> class MyDense(keras.layers.Dense):
+        ...     pass
+        >>> register_default_config(MyDense, lambda layer, scheme: WeightedLayerConfig(scheme))
+    """
+    if not (isinstance(layer_type, type) and issubclass(layer_type, keras.layers.Layer)):
+        raise TypeError(
+            f"`layer_type` must be a keras.layers.Layer subclass. Received: {layer_type!r}"
+        )
+    if not callable(factory):
+        raise TypeError(f"`factory` must be callable. Received: factory={factory!r}")
+    _DEFAULTS.append((layer_type, factory))
+
+
+def _register_builtin():
+    from keras.src.layers.convolutional.base_conv import BaseConv
+
+    # Dense and dense-like EinsumDense are computed by the quantized call itself (no
+    # weight swap around the original call while an observer updates: under
+    # MirroredStrategy an update is a merge_call, where replica threads interleave).
+    register_default_config(
+        keras.layers.Dense, lambda layer, s: WeightedLayerConfig(s, dense_view=(1, 1))
+    )
+    register_default_config(
+        keras.layers.EinsumDense,
+        lambda layer, s: WeightedLayerConfig(
+            s, output_axes=einsum_output_axes(layer), dense_view=einsum_dense_view(layer)
+        ),
+    )
+    register_default_config(BaseConv, lambda layer, s: WeightedLayerConfig(s))
+    register_default_config(keras.layers.Embedding, lambda layer, s: EmbeddingConfig(s))
+    for layer_type in (*_NORM_TYPES, *_MERGE_TYPES):
+        register_default_config(
+            layer_type, lambda layer, s: OutputConfig(s) if s.activation_bits else None
+        )
+    register_default_config(
+        keras.layers.MultiHeadAttention,
+        lambda layer, s: AttentionConfig(s) if s.activation_bits else None,
+    )
+
+
+_register_builtin()
+
+
+def default_config(layer, scheme):
+    """The default config for ``layer`` under ``scheme``, or ``None``."""
+    for layer_type, factory in reversed(_DEFAULTS):
+        if isinstance(layer, layer_type):
+            return factory(layer, scheme)
+    return None
+
+
+def has_default(layer):
+    """Whether a default config is registered for ``layer``'s type."""
+    return any(isinstance(layer, t) for t, _ in _DEFAULTS)

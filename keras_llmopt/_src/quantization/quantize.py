@@ -1,0 +1,402 @@
+"""Entry points: ``quantize_model``, ``quantize_annotate_*``, ``quantize_apply`` and friends.
+
+tfmot's names and workflow for any Keras 3 model. The model passed in is never
+modified: it is copied (a pruned model is first stripped, its zeros kept by
+masks), and the copy's layers are quantized in place (see ``state.py``), which
+works the same for functional, Sequential, subclassed and KerasHub models.
+Integer inputs (token ids) are never fake-quantized: quantization starts at the
+first float tensor a quantized layer produces.
+"""
+
+import contextlib
+import dataclasses
+
+import keras
+from absl import logging
+
+from keras_llmopt._src.core import layer_tree, targeting
+from keras_llmopt._src.quantization import configs as configs_lib
+from keras_llmopt._src.quantization import schemes as schemes_lib
+from keras_llmopt._src.quantization import state as state_lib
+
+ANNOTATION_ATTR = "_llmopt_quantize_annotation"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Annotation:
+    config: object
+    explicit: bool
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """What ``quantize_apply`` quantized and what it left in float, with reasons.
+
+    Attributes:
+        scheme: The scheme's name.
+        quantized: Paths of the quantized layers.
+        skipped: ``{path: reason}`` of layers with weights left in float.
+
+    Example:
+        >>> report = QuantizeReport("default_8bit", ["dense"], {})
+        >>> report.quantized
+        ['dense']
+    """
+
+    scheme: str
+    quantized: list
+    skipped: dict
+
+    def __str__(self):
+        lines = [f"quantized {len(self.quantized)} layers ({self.scheme})"]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _own_weights(layer):
+    return list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    )
+
+
+def _check_model(model, what):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`{what}` must be a keras.Model. Received: {what}={model!r} of type "
+            f"{type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built. Call it on a batch (or build it) before "
+            "quantizing."
+        )
+
+
+def _is_quantized(model):
+    return bool(state_lib.states(model))
+
+
+def _working_copy(model):
+    """A plain copy: pruning wrappers/states stripped (their zeros become masks later)."""
+    if _is_quantized(model):
+        raise ValueError(
+            f"Model '{model.name}' is already quantized. Received: a model returned by "
+            "quantize_model/quantize_apply; quantize the float model instead."
+        )
+    from keras_llmopt._src.sparsity import strip as strip_lib
+    from keras_llmopt._src.sparsity.units import pruning_units
+
+    if pruning_units(model):
+        return strip_lib.strip_pruning(model)
+    return state_lib.uncompiled_copy(model, "quantizing")
+
+
+def quantize_annotate_layer(to_annotate, quantize_config=None):
+    """Marks a layer to be quantized by :func:`quantize_apply` (tfmot name).
+
+    Unlike tfmot no wrapper is returned: the layer itself is marked and returned,
+    so it can be used to build a model as usual. Layers of other types than
+    Dense, EinsumDense, Conv, Embedding, normalizations, adds and
+    MultiHeadAttention need a ``quantize_config``.
+
+    Args:
+        to_annotate: A ``keras.layers.Layer``.
+        quantize_config: A :class:`QuantizeConfig`, or ``None`` for the default
+            config of the layer's type under the scheme given to ``quantize_apply``.
+
+    Returns:
+        The same layer.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([
+        ...     keras.Input((8,)),
+        ...     quantize_annotate_layer(keras.layers.Dense(4, name="d")),
+        ...     keras.layers.Dense(2, name="e")])
+        >>> quantize_apply(model).quantize_report.quantized
+        ['d']
+    """
+    if not isinstance(to_annotate, keras.layers.Layer) or isinstance(to_annotate, keras.Model):
+        raise TypeError(
+            "`to_annotate` must be a keras.layers.Layer (use quantize_annotate_model for a "
+            f"model). Received: to_annotate={to_annotate!r}"
+        )
+    if quantize_config is not None and not isinstance(quantize_config, configs_lib.QuantizeConfig):
+        raise TypeError(
+            "`quantize_config` must be a QuantizeConfig or None. "
+            f"Received: quantize_config={quantize_config!r}"
+        )
+    object.__setattr__(to_annotate, ANNOTATION_ATTR, _Annotation(quantize_config, True))
+    return to_annotate
+
+
+def quantize_annotate_model(to_annotate):
+    """Returns a copy of a model with every layer marked for :func:`quantize_apply`.
+
+    Layers with weights but no known config are left in float by ``quantize_apply``
+    and listed as skipped in its report (annotate them explicitly with a
+    ``QuantizeConfig`` to quantize them).
+
+    Args:
+        to_annotate: A built ``keras.Model``; it is not modified.
+
+    Returns:
+        The annotated copy.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
+        >>> q = quantize_apply(quantize_annotate_model(model))
+        >>> q.quantize_report.quantized
+        ['d']
+    """
+    _check_model(to_annotate, "to_annotate")
+    work = _working_copy(to_annotate)
+    for node in layer_tree.walk_layers(work):
+        if ANNOTATION_ATTR not in vars(node.layer):
+            object.__setattr__(node.layer, ANNOTATION_ATTR, _Annotation(None, False))
+    return work
+
+
+def _annotations(model):
+    return {
+        node.path: vars(node.layer)[ANNOTATION_ATTR]
+        for node in layer_tree.walk_layers(model)
+        if ANNOTATION_ATTR in vars(node.layer)
+    }
+
+
+def _refuse_config(model):
+    def get_config():
+        raise ValueError(
+            f"Model '{model.name}' is quantization-aware (its layers were quantized in place), "
+            "so its config cannot describe the quantizers and a `.keras` file would load "
+            "without them. Use `model.save_weights(...)` and restore with "
+            "`quantize_model(<float model>)` then `load_weights(...)`, export it with "
+            "`keras_llmopt.export.to_tflite(model, path, quantization='int8')`, or call "
+            "`strip_quantization(model)` first."
+        )
+
+    object.__setattr__(model, "get_config", get_config)
+
+
+def _apply(work, annotations, scheme, preserve_sparsity, ignore):
+    ignore = targeting._as_patterns(ignore, "ignore")
+    nodes = [node for node in layer_tree.walk_layers(work) if node.path in annotations]
+    quantized, skipped = [], {}
+    for node in nodes:
+        annotation = annotations[node.path]
+        layer = node.layer
+        if isinstance(layer, state_lib.QuantizeState):
+            continue
+        if any(targeting.path_matches(node.path, p) for p in ignore):
+            if _own_weights(layer):
+                skipped[node.path] = "matched `ignore`"
+            continue
+        config = annotation.config
+        if config is None:
+            config = configs_lib.default_config(layer, scheme)
+        if config is None:
+            if _own_weights(layer) and not configs_lib.has_default(layer):
+                if annotation.explicit:
+                    raise ValueError(
+                        f"Layer '{node.path}' ({type(layer).__name__}) has weights but no "
+                        "known quantization config. Pass one: quantize_annotate_layer(layer, "
+                        "quantize_config=MyQuantizeConfig()), a QuantizeConfig subclass. "
+                        "Received: quantize_config=None"
+                    )
+                skipped[node.path] = (
+                    f"no QuantizeConfig for {type(layer).__name__} (left in float; annotate "
+                    "it with a quantize_config to quantize it)"
+                )
+            continue
+        if not layer.built:
+            skipped[node.path] = "layer is not built"
+            continue
+        state = state_lib.install(layer, config, node.path, preserve_sparsity)
+        if not state.is_empty:
+            quantized.append(node.path)
+    return QuantizeReport(scheme.name, quantized, skipped)
+
+
+def _finish(work, report):
+    if not report.quantized:
+        raise ValueError(f"Nothing to quantize in model '{work.name}'.\n{report}")
+    _refuse_config(work)
+    object.__setattr__(work, "quantize_report", report)
+    logging.info("quantize: %s", report)
+    return work
+
+
+def quantize_apply(model, scheme="default_8bit", preserve_sparsity=True, ignore=None):
+    """Quantizes the annotated layers of a model for quantization-aware training.
+
+    Args:
+        model: A built model with layers marked by :func:`quantize_annotate_layer`
+            or :func:`quantize_annotate_model`; it is not modified.
+        scheme: ``"default_8bit"`` (int8 per-channel symmetric weights, int8
+            asymmetric activations with moving min/max ranges),
+            ``"8bit_weights_16bit_activations"`` (TFLite's 16x8), ``"4bit_weights"``
+            (weight-only int4 per channel), ``"4bit_weights_group32"`` /
+            ``"4bit_weights_group128"`` (group-wise), or a :class:`QuantizeScheme`.
+        preserve_sparsity: Weights with exact zeros (pruned models) keep them:
+            a fixed mask multiplies the weight before fake quantization.
+        ignore: Layer path patterns to leave in float.
+
+    Returns:
+        A new model; ``model.quantize_report`` lists what was quantized and skipped.
+
+    Raises:
+        ValueError: Unknown scheme, no annotated layer, or an explicitly annotated
+            layer with weights and no known config (the layer path is named).
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
+        >>> q = quantize_apply(quantize_annotate_model(model), scheme="4bit_weights")
+        >>> q.quantize_report.scheme
+        '4bit_weights'
+    """
+    scheme = schemes_lib.get_scheme(scheme)
+    _check_model(model, "model")
+    annotations = _annotations(model)
+    if not annotations:
+        raise ValueError(
+            f"Model '{model.name}' has no annotated layers. Annotate it with "
+            "quantize_annotate_model(model) / quantize_annotate_layer(layer), or call "
+            "quantize_model(model)."
+        )
+    work = _working_copy(model)
+    return _finish(work, _apply(work, annotations, scheme, preserve_sparsity, ignore))
+
+
+def quantize_model(to_quantize, scheme="default_8bit", preserve_sparsity=True, ignore=None):
+    """Quantization-aware copy of any Keras 3 model (tfmot's ``quantize_model``).
+
+    ``quantize_annotate_model`` then ``quantize_apply``: Dense, EinsumDense (the
+    attention q/k/v/o projections), Conv, Embedding, the attention score and value
+    matmuls, residual adds and normalizations get fake quantization with
+    straight-through gradients; activation ranges are learned while you ``fit``
+    (or set post-training by :func:`calibrate`). Export with
+    ``keras_llmopt.export.to_tflite(model, path, quantization="int8")``.
+
+    Args:
+        to_quantize: A built ``keras.Model`` (functional, Sequential, subclassed,
+            KerasHub), possibly pruned with ``keras_llmopt.sparsity``; not modified.
+        scheme: See :func:`quantize_apply`.
+        preserve_sparsity: Keep exact zeros of pruned weights (PQAT).
+        ignore: Layer path patterns to leave in float.
+
+    Returns:
+        The quantization-aware model, with a ``quantize_report`` attribute.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> q = quantize_model(reference.build_gpt("tiny"))
+        >>> "block_0_attention/query" in q.quantize_report.quantized
+        True
+    """
+    scheme = schemes_lib.get_scheme(scheme)
+    _check_model(to_quantize, "to_quantize")
+    work = _working_copy(to_quantize)
+    annotations = {node.path: _Annotation(None, False) for node in layer_tree.walk_layers(work)}
+    for path, annotation in _annotations(to_quantize).items():
+        if path in annotations:
+            annotations[path] = annotation
+    return _finish(work, _apply(work, annotations, scheme, preserve_sparsity, ignore))
+
+
+@contextlib.contextmanager
+def quantize_scope(*args):
+    """Scope in which quantization classes (and yours) deserialize (tfmot name).
+
+    Args:
+        *args: Dicts of ``{name: class}`` for custom ``QuantizeConfig``s or layers.
+
+    Example:
+        >>> with quantize_scope({"MyConfig": configs_lib.QuantizeConfig}):
+        ...     pass
+    """
+    from keras_llmopt._src.quantization import layer_quantizers as lq
+
+    objects = {
+        "QuantizeState": state_lib.QuantizeState,
+        "QuantizeConfig": configs_lib.QuantizeConfig,
+        "WeightQuantizer": lq.WeightQuantizer,
+        "ActivationQuantizer": lq.ActivationQuantizer,
+        "FixedRangeQuantizer": lq.FixedRangeQuantizer,
+    }
+    for arg in args:
+        if not isinstance(arg, dict):
+            raise TypeError(f"quantize_scope takes dicts of objects. Received: {arg!r}")
+        objects.update(arg)
+    with keras.saving.custom_object_scope(objects):
+        yield
+
+
+def strip_quantization(model):
+    """A plain float model whose weights are the fake-quantized (dequantized) values.
+
+    Activation ranges are dropped. Useful to save a QAT model as a ``.keras`` file
+    or to compare weight-only quantization in float.
+
+    Args:
+        model: A model from :func:`quantize_model` / :func:`quantize_apply`.
+
+    Returns:
+        A new plain model (the input is not modified).
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
+        >>> plain = strip_quantization(quantize_model(model, scheme="4bit_weights"))
+        >>> [type(layer).__name__ for layer in plain.layers]
+        ['Dense']
+    """
+    found = state_lib.states(model) if isinstance(model, keras.Model) else []
+    if not found:
+        raise ValueError(
+            "`model` is not quantization-aware (no quantized layers). Received: "
+            f"model={getattr(model, 'name', model)!r}"
+        )
+    values = {}
+    for path, state in found:
+        for qw in state.weights_q:
+            values[(path, qw.storage_attr)] = keras.ops.convert_to_numpy(qw.variable_value())
+    restore = []
+    restore_config = None
+    try:
+        for _, state in found:
+            layer = state.get_owner()
+            restore.append((layer, vars(layer).get("call"), vars(layer).get("get_config")))
+            state_lib._set_tracked(layer, state_lib.STATE_ATTR, None)
+            for name in ("call", "_compute_attention"):
+                if name in vars(layer):
+                    object.__delattr__(layer, name)
+        if "get_config" in vars(model):
+            restore_config = vars(model)["get_config"]
+            object.__delattr__(model, "get_config")
+        plain = state_lib.uncompiled_copy(model)
+    finally:
+        for (_, state), (layer, call, _) in zip(found, restore):
+            state_lib._set_tracked(layer, state_lib.STATE_ATTR, state)
+            if call is not None:
+                object.__setattr__(layer, "call", call)
+            if state.attention_q:
+                from keras_llmopt._src.quantization import attention as attention_lib
+
+                object.__setattr__(
+                    layer,
+                    "_compute_attention",
+                    attention_lib.make_compute_attention(
+                        layer, state.attention_q, state_lib.is_training
+                    ),
+                )
+        if restore_config is not None:
+            object.__setattr__(model, "get_config", restore_config)
+    nodes = {node.path: node.layer for node in layer_tree.walk_layers(plain)}
+    for (path, attr), value in values.items():
+        if path not in nodes:
+            raise ValueError(f"strip_quantization: layer '{path}' is missing from the copy.")
+        getattr(nodes[path], attr).assign(value)
+    return plain

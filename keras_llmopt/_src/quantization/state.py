@@ -1,0 +1,345 @@
+"""In-place quantization of one layer: a state sublayer and an intercepted ``call``.
+
+Every quantized layer keeps its place in the model (functional, Sequential,
+subclassed, KerasHub): it gets a :class:`QuantizeState` sublayer that owns the
+quantizers' variables (activation ranges, pruning masks: tracked, so ``fit``,
+``save_weights``/checkpoints and distribution strategies carry them), and its
+``call`` is replaced on the instance by one that swaps fake-quantized weights into
+the layer's weight attributes, wraps its activation function, runs the original
+``call`` and fake-quantizes the outputs.
+"""
+
+import contextlib
+import math
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.backend.common import global_state
+
+from keras_llmopt._src.core import layer_tree
+from keras_llmopt._src.quantization import attention as attention_lib
+from keras_llmopt._src.quantization.configs import AttentionConfig, QuantizeConfig
+
+STATE_ATTR = "_llmopt_quantize_state"
+
+
+def current_training(kwargs):
+    """The ``training`` flag of a call: its argument, else the enclosing call's."""
+    training = kwargs.get("training")
+    if training is None:
+        context = global_state.get_global_attribute("current_call_ctx")
+        if context is not None and hasattr(context, "get_value"):
+            training = context.get_value("training")
+        else:
+            training = getattr(context, "training", None)
+    return is_training(training)
+
+
+def is_training(training):
+    """Python truthiness of ``training`` (``None`` and symbolic tensors: False)."""
+    if training is None:
+        return False
+    try:
+        return bool(training)
+    except Exception:
+        return False
+
+
+class _QuantizedWeight:
+    def __init__(self, name, storage_attr, variable, quantizer, mask, dense_view=None):
+        self.name = name
+        self.storage_attr = storage_attr
+        self.variable = variable
+        self.quantizer = quantizer
+        self.mask = mask
+        self.dense_view = dense_view
+
+    def value(self, training):
+        """The fake-quantized weight (2-D ``(inputs, outputs)`` for a dense view)."""
+        w = ops.convert_to_tensor(self.variable)
+        if self.mask is not None:
+            w = w * ops.cast(ops.convert_to_tensor(self.mask), w.dtype)
+        if self.dense_view is not None:
+            w = ops.reshape(w, (math.prod(w.shape[: self.dense_view[0]]), -1))
+        return self.quantizer(w, training=training)
+
+    def variable_value(self):
+        """The fake-quantized weight in the variable's shape (inference)."""
+        return ops.reshape(self.value(False), tuple(self.variable.shape))
+
+
+@keras.saving.register_keras_serializable(package="keras_llmopt")
+class QuantizeState(keras.layers.Layer):
+    """Holds the quantization variables of one quantized layer (never called itself).
+
+    Example:
+        >>> from keras_llmopt._src.quantization import configs, schemes
+        >>> dense = keras.layers.Dense(4)
+        >>> dense.build((None, 8))
+        >>> state = install(dense, configs.default_config(dense, schemes.get_scheme(
+        ...     "default_8bit")), path="dense")
+        >>> [v.name for v in state.non_trainable_weights]
+        ['output_0_min', 'output_0_max', 'output_0_count']
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        object.__setattr__(self, "weights_q", [])
+        object.__setattr__(self, "activations_q", [])
+        object.__setattr__(self, "outputs_q", [])
+        object.__setattr__(self, "attention_q", {})
+        object.__setattr__(self, "config", None)
+        object.__setattr__(self, "_owner", lambda: None)
+
+    def setup(self, owner, config, path, preserve_sparsity=True):
+        """Resolves ``config`` against ``owner`` and creates the variables."""
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "_owner", lambda: owner)
+        weights = []
+        for i, (ref, quantizer) in enumerate(config.get_weights_and_quantizers(owner)):
+            name, variable, attr = _resolve_weight(owner, ref, path)
+            mask = None
+            if preserve_sparsity:
+                zeros = ops.convert_to_numpy(variable) == 0
+                if np.any(zeros):
+                    mask = self.add_weight(
+                        shape=tuple(variable.shape),
+                        initializer="ones",
+                        trainable=False,
+                        aggregation="only_first_replica",
+                        name=f"{name}_mask",
+                    )
+                    mask.assign((~zeros).astype("float32"))
+            quantizer.build(self, tuple(variable.shape), f"{name}_{i}")
+            dense_view = getattr(config, "dense_view", None)
+            weights.append(_QuantizedWeight(name, attr, variable, quantizer, mask, dense_view))
+        activations = []
+        for i, (attr, quantizer) in enumerate(config.get_activations_and_quantizers(owner)):
+            if not callable(getattr(owner, attr, None)):
+                raise ValueError(
+                    f"QuantizeConfig of layer '{path}': activation attribute {attr!r} is not a "
+                    f"callable of {type(owner).__name__}. Received: {attr!r}"
+                )
+            quantizer.build(self, None, f"{attr}_{i}")
+            activations.append((attr, quantizer))
+        outputs = list(config.get_output_quantizers(owner))
+        for i, quantizer in enumerate(outputs):
+            quantizer.build(self, None, f"output_{i}")
+        attention = {}
+        if isinstance(config, AttentionConfig):
+            attention = config.get_attention_quantizers(owner)
+            for name, quantizer in attention.items():
+                quantizer.build(self, None, f"attention_{name}")
+        object.__setattr__(self, "weights_q", weights)
+        object.__setattr__(self, "activations_q", activations)
+        object.__setattr__(self, "outputs_q", outputs)
+        object.__setattr__(self, "attention_q", attention)
+        self.built = True
+
+    def get_owner(self):
+        """The quantized layer."""
+        return self._owner()
+
+    @property
+    def is_empty(self):
+        """Nothing to quantize (e.g. a normalization under a weight-only scheme)."""
+        return not (self.weights_q or self.activations_q or self.outputs_q or self.attention_q)
+
+    def activation_quantizers(self):
+        """Every quantizer with a learned range, with a readable name."""
+        from keras_llmopt._src.quantization.layer_quantizers import ActivationQuantizer
+
+        found = [(f"activation:{a}", q) for a, q in self.activations_q]
+        found += [(f"output:{i}", q) for i, q in enumerate(self.outputs_q)]
+        found += [(f"attention:{n}", q) for n, q in self.attention_q.items()]
+        return [(n, q) for n, q in found if isinstance(q, ActivationQuantizer)]
+
+    def call(self, *args, **kwargs):
+        raise RuntimeError("QuantizeState holds variables only; it is not meant to be called.")
+
+
+def _resolve_weight(owner, ref, path):
+    if isinstance(ref, str):
+        try:
+            variable = getattr(owner, ref)
+        except Exception:
+            variable = None
+        name = ref
+    else:
+        variable, name = ref, getattr(ref, "name", "weight")
+    if not isinstance(variable, keras.Variable):
+        raise ValueError(
+            f"QuantizeConfig of layer '{path}': weight {ref!r} is not a keras.Variable of the "
+            f"layer ({type(owner).__name__}). Received: {ref!r}"
+        )
+    attr = layer_tree.storage_attr_of(owner, variable)
+    if attr is None:
+        raise ValueError(
+            f"QuantizeConfig of layer '{path}': weight {name!r} is not stored in an attribute "
+            "of the layer, so it cannot be swapped for its quantized value."
+        )
+    return name.split("/")[-1], variable, attr
+
+
+@contextlib.contextmanager
+def _swapped(layer, state, training):
+    saved = []
+    try:
+        for qw in state.weights_q:
+            saved.append((qw.storage_attr, getattr(layer, qw.storage_attr)))
+            value = qw.value(training)
+            if qw.dense_view is not None:
+                value = ops.reshape(value, tuple(qw.variable.shape))
+            object.__setattr__(layer, qw.storage_attr, value)
+        for attr, quantizer in state.activations_q:
+            function = getattr(layer, attr)
+            saved.append((attr, function))
+
+            def wrapped(x, _f=function, _q=quantizer):
+                return _f(_q(x, training=training))
+
+            object.__setattr__(layer, attr, wrapped)
+        yield
+    finally:
+        for attr, value in reversed(saved):
+            object.__setattr__(layer, attr, value)
+
+
+def _einsum_as_dense(layer, x, kernel, dense_view, state, training):
+    """An EinsumDense computed as one matmul on flattened trailing axes (see configs)."""
+    n_in, _ = dense_view
+    shape = ops.shape(x)
+    lead = list(shape[: len(x.shape) - n_in])
+    out_dims = list(state.weights_q[0].variable.shape[n_in:])
+    flat = ops.reshape(x, lead + [kernel.shape[0]])
+    y = ops.matmul(flat, ops.cast(kernel, flat.dtype))
+    y = ops.reshape(y, lead + out_dims)
+    if layer.bias is not None:
+        y = y + ops.cast(layer.bias, y.dtype)
+    activation = layer.activation
+    if activation is not None and activation is not keras.activations.linear:
+        for _, quantizer in state.activations_q:
+            y = quantizer(y, training=training)
+        y = activation(y)
+    return y
+
+
+def _quantize_outputs(outputs, quantizers, training):
+    if not quantizers:
+        return outputs
+    if isinstance(outputs, list | tuple):
+        items = list(outputs)
+        for i, quantizer in enumerate(quantizers[: len(items)]):
+            items[i] = quantizer(items[i], training=training)
+        return type(outputs)(items)
+    return quantizers[0](outputs, training=training)
+
+
+def _set_tracked(layer, name, value):
+    tracker = getattr(layer, "_tracker", None)
+    was_locked = bool(tracker is not None and tracker.locked)
+    if was_locked:
+        tracker.unlock()
+    try:
+        if value is None:
+            old = getattr(layer, name)
+            delattr(layer, name)
+            sublayers = getattr(layer, "_layers", [])
+            for i, sub in enumerate(list(sublayers)):
+                if sub is old:
+                    del sublayers[i]
+                    break
+        else:
+            setattr(layer, name, value)
+            sublayers = getattr(layer, "_layers", None)
+            if sublayers is not None and not any(sub is value for sub in sublayers):
+                sublayers.append(value)
+    finally:
+        if was_locked:
+            tracker.lock(
+                "You cannot add new elements of state (variables or sub-layers) to a layer "
+                "that is already built."
+            )
+
+
+def install(layer, config, path, preserve_sparsity=True):
+    """Quantizes ``layer`` in place with ``config``; returns its :class:`QuantizeState`.
+
+    Raises:
+        TypeError: ``config`` is not a :class:`QuantizeConfig`.
+        ValueError: The config names weights or activations the layer lacks.
+    """
+    if not isinstance(config, QuantizeConfig):
+        raise TypeError(
+            f"The quantize_config of layer '{path}' must be a QuantizeConfig. "
+            f"Received: quantize_config={config!r}"
+        )
+    state = QuantizeState(name=f"{layer.name}_quantize_state", dtype="float32")
+    state.setup(layer, config, path, preserve_sparsity)
+    if state.is_empty:
+        return state
+    _set_tracked(layer, STATE_ATTR, state)
+    original = layer.call
+
+    def quantized_call(*args, **kwargs):
+        training = current_training(kwargs)
+        with _swapped(layer, state, training):
+            outputs = original(*args, **kwargs)
+        if state.config.quantize_outputs(layer, kwargs):
+            outputs = _quantize_outputs(outputs, state.outputs_q, training)
+        return outputs
+
+    dense_view = getattr(config, "dense_view", None)
+    if dense_view is not None and state.weights_q:
+
+        def quantized_call(inputs, *args, **kwargs):  # noqa: F811
+            training = current_training(kwargs)
+            kernel = state.weights_q[0].value(training)
+            outputs = _einsum_as_dense(layer, inputs, kernel, dense_view, state, training)
+            return _quantize_outputs(outputs, state.outputs_q, training)
+
+    object.__setattr__(layer, "call", quantized_call)
+    if state.attention_q:
+        object.__setattr__(
+            layer,
+            "_compute_attention",
+            attention_lib.make_compute_attention(layer, state.attention_q, is_training),
+        )
+    return state
+
+
+def copy_model(model, what="quantizing"):
+    """A deep, independent copy of a Keras model (Keras copies through its saving code)."""
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:
+        raise ValueError(
+            f"Could not copy model '{model.name}' ({type(model).__name__}) before {what} (the "
+            f"user's model is never modified): {error}. Custom layers and models need "
+            "`get_config()` and `keras.saving.register_keras_serializable()` to be copied."
+        ) from error
+
+
+def uncompiled_copy(model, what="stripping"):
+    """A deep copy of ``model`` without its compiled optimizer (whose state would not fit)."""
+    saved = {k: vars(model)[k] for k in ("optimizer", "compiled") if k in vars(model)}
+    try:
+        for key in saved:
+            object.__setattr__(model, key, None if key == "optimizer" else False)
+        return copy_model(model, what)
+    finally:
+        for key, value in saved.items():
+            object.__setattr__(model, key, value)
+
+
+def states(model):
+    """``[(path, QuantizeState)]`` of every quantized layer under ``model``."""
+    found = []
+    for node in layer_tree.walk_layers(model):
+        state = vars(node.layer).get(STATE_ATTR)
+        if isinstance(state, QuantizeState):
+            found.append((node.path, state))
+    return found

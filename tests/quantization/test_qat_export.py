@@ -1,0 +1,120 @@
+"""QAT models to full-integer TFLite (TensorFlow backend: export is TensorFlow's job)."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_llmopt import export, quantization, reference, sparsity
+
+
+def _finetune(model, corpus, steps=12, batch_size=8, lr=1e-4):
+    x, y = reference.make_batches(corpus.train, batch_size, steps, seed=1)
+    model.compile(
+        keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x, y, batch_size=batch_size, shuffle=False, verbose=0)
+    return model
+
+
+def _interpreter(path):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _tensor_details(path):
+    interpreter = _interpreter(path)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return interpreter._get_ops_details(), tensors
+
+
+@pytest.fixture(scope="module")
+def qat_tiny(trained_tiny, tiny_corpus):
+    return _finetune(quantization.quantize_model(trained_tiny), tiny_corpus)
+
+
+def test_qat_gpt_exports_full_integer_and_agrees(qat_tiny, trained_tiny, tiny_corpus, tmp_path):
+    path = tmp_path / "qat.tflite"
+    report = export.to_tflite(qat_tiny, path, quantization="int8")  # verified by default
+    assert report.verification.top1_agreement >= 0.9
+    ops, tensors = _tensor_details(path)
+    matmuls = [op for op in ops if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL")]
+    assert {op["op_name"] for op in matmuls} == {"FULLY_CONNECTED", "BATCH_MATMUL"}
+    for op in matmuls:
+        dtypes = [tensors[i]["dtype"].__name__ for i in op["inputs"][:2]]
+        assert dtypes == ["int8", "int8"], (op["op_name"], dtypes)
+    kernels = [tensors[op["inputs"][1]] for op in ops if op["op_name"] == "FULLY_CONNECTED"]
+    assert all(k["quantization_parameters"]["scales"].size > 1 for k in kernels)  # per channel
+    assert report.summary["inputs"][0][1] == "int32"  # token ids stay integers
+    softmax_in = [tensors[op["inputs"][0]] for op in ops if op["op_name"] == "SOFTMAX"]
+    for t in softmax_in:  # the mask fill did not blow up the int8 step
+        assert t["dtype"].__name__ == "int8" and t["quantization"][0] < 0.5
+    # The artifact scores (almost) like the Keras QAT model.
+    keras_bpb = reference.evaluate(qat_tiny, tiny_corpus, num_windows=16).bpb
+    tflite_bpb = reference.evaluate(str(path), tiny_corpus, num_windows=16).bpb
+    assert abs(tflite_bpb - keras_bpb) < 0.02, (keras_bpb, tflite_bpb)
+    float_size = export.to_tflite(trained_tiny, tmp_path / "f.tflite", verify=False).size_bytes
+    assert report.size_bytes < 0.5 * float_size
+
+
+def test_kerashub_causal_lm_qat_exports_int8(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=256,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=32,
+    )
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    q = quantization.quantize_model(lm)
+    assert "gpt2_backbone/position_embedding" in q.quantize_report.skipped
+    assert any(p.endswith("self_attention") for p in q.quantize_report.quantized), (
+        q.quantize_report.quantized
+    )
+    rng = np.random.default_rng(0)
+    x = {
+        "token_ids": rng.integers(0, 256, (8, 16)).astype("int32"),
+        "padding_mask": np.ones((8, 16), "int32"),
+    }
+    q.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(True))
+    q.fit(x, rng.integers(0, 256, (8, 16)), batch_size=8, verbose=0)
+    report = export.to_tflite(q, tmp_path / "hub.tflite", quantization="int8", sequence_length=16)
+    matmuls = report.summary["matmul_inputs"]
+    assert set(matmuls) == {"FULLY_CONNECTED", "BATCH_MATMUL"}
+    assert all(set(kinds) == {"int8,int8"} for kinds in matmuls.values()), matmuls
+
+
+def test_pruned_model_keeps_zeros_through_qat_and_export(trained_tiny, tiny_corpus, tmp_path):
+    pruned = sparsity.prune_low_magnitude(trained_tiny, sparsity.ConstantSparsity(0.5, 0))
+    x, y = reference.make_batches(tiny_corpus.train, 8, 1, seed=0)
+    pruned.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, verbose=0, callbacks=[sparsity.UpdatePruningStep()])
+    stripped = sparsity.strip_pruning(pruned)
+    # Still wrapped: quantize_model strips the pruning itself and keeps its zeros.
+    q = _finetune(quantization.quantize_model(pruned), tiny_corpus, steps=6, lr=1e-3)
+    layer = q.get_layer("block_0_mlp_up")
+    zeros = keras.ops.convert_to_numpy(stripped.get_layer("block_0_mlp_up").kernel) == 0
+    assert zeros.mean() == pytest.approx(0.5, abs=0.01)
+    from keras_llmopt._src.quantization.state import STATE_ATTR
+
+    effective = keras.ops.convert_to_numpy(vars(layer)[STATE_ATTR].weights_q[0].variable_value())
+    assert np.all(effective[zeros] == 0.0)
+    assert np.count_nonzero(effective[~zeros]) > 0.99 * (~zeros).sum()
+    path = tmp_path / "pqat.tflite"
+    export.to_tflite(q, path, quantization="int8")
+    ops, tensors = _tensor_details(path)
+    interpreter = _interpreter(path)
+    kernels = [
+        interpreter.get_tensor(op["inputs"][1]) for op in ops if op["op_name"] == "FULLY_CONNECTED"
+    ]
+    sparse = [k for k in kernels if (k == 0).mean() >= 0.5]
+    # 2 blocks x (q, k, v, o, mlp_up, mlp_down) were pruned; lm_head was not.
+    assert len(sparse) == 12 and len(kernels) == 13, [(k == 0).mean() for k in kernels]
