@@ -75,7 +75,9 @@ def test_kerashub_causal_lm_qat_exports_int8(tmp_path):
     )
     lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     q = quantization.quantize_model(lm)
-    assert "gpt2_backbone/position_embedding" in q.quantize_report.skipped
+    # Keras numbers auto-generated names per process, so match the path's tail.
+    skipped = q.quantize_report.skipped
+    assert any(p.endswith("/position_embedding") for p in skipped), skipped
     assert any(p.endswith("self_attention") for p in q.quantize_report.quantized), (
         q.quantize_report.quantized
     )
