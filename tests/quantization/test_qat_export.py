@@ -51,6 +51,13 @@ def test_qat_gpt_exports_full_integer_and_agrees(qat_tiny, trained_tiny, tiny_co
     kernels = [tensors[op["inputs"][1]] for op in ops if op["op_name"] == "FULLY_CONNECTED"]
     assert all(k["quantization_parameters"]["scales"].size > 1 for k in kernels)  # per channel
     assert report.summary["inputs"][0][1] == "int32"  # token ids stay integers
+    # Every matmul runs in XNNPACK (an int8 BATCH_MATMUL whose right-hand operand has a
+    # non-zero zero point falls back to a builtin kernel ~20x slower).
+    for op in ops:
+        if op["op_name"] == "BATCH_MATMUL":
+            assert tensors[op["inputs"][1]]["quantization"][1] == 0, op
+    fallback = report.summary["xnnpack_fallback_ops"]
+    assert not [k for k in fallback if k.startswith(("BATCH_MATMUL", "FULLY_CONNECTED"))], fallback
     softmax_in = [tensors[op["inputs"][0]] for op in ops if op["op_name"] == "SOFTMAX"]
     for t in softmax_in:  # the mask fill did not blow up the int8 step
         assert t["dtype"].__name__ == "int8" and t["quantization"][0] < 0.5
@@ -92,6 +99,8 @@ def test_kerashub_causal_lm_qat_exports_int8(tmp_path):
     matmuls = report.summary["matmul_inputs"]
     assert set(matmuls) == {"FULLY_CONNECTED", "BATCH_MATMUL"}
     assert all(set(kinds) == {"int8,int8"} for kinds in matmuls.values()), matmuls
+    fallback = report.summary["xnnpack_fallback_ops"]
+    assert not [k for k in fallback if k.startswith(("BATCH_MATMUL", "FULLY_CONNECTED"))], fallback
 
 
 def test_pruned_model_keeps_zeros_through_qat_and_export(trained_tiny, tiny_corpus, tmp_path):

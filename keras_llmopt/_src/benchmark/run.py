@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import time
 
 import keras
@@ -255,14 +256,21 @@ def _run_one(name, ctx, eval_windows, warmup, repeats):
 
 
 def error_summary(message, limit=300):
-    r"""The first two non-empty lines of an error message, on one line.
+    r"""The first non-empty line of an error message and its cause, on one line.
+
+    The cause is the last ``SomethingError: ...`` line after the first (TensorFlow puts
+    the real reason under an ``in user code:`` traceback), else the second line.
 
     Example:
         >>> error_summary("TypeError: Exception in layer q.\n\nInput has type int32.")
         'TypeError: Exception in layer q. Input has type int32.'
+        >>> error_summary("TypeError: in layer q.\nin user code:\n  File x\nTypeError: int32")
+        'TypeError: in layer q. TypeError: int32'
     """
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    return " ".join(lines[:2])[:limit]
+    causes = [line for line in lines[1:] if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    picked = lines[:1] + causes[-1:] if causes else lines[:2]
+    return " ".join(picked)[:limit]
 
 
 def _config_of(model):

@@ -108,6 +108,40 @@ def tflite_summary(path):
     }
 
 
+def xnnpack_fallback_ops(path):
+    """Ops of a ``.tflite`` that LiteRT's XNNPACK delegate leaves to the builtin kernels.
+
+    Each delegated op is made its own delegate node (node fusion off), so an op whose
+    outputs no delegate node produces ran on a builtin kernel. One of those can cost
+    more than the whole delegated graph (an int8 BATCH_MATMUL whose right-hand operand
+    has a non-zero zero point: about 20x slower than in XNNPACK).
+
+    Returns:
+        ``{"op_name(input dtypes)": count}``; empty when everything is delegated.
+
+    Example:
+        >>> from keras_llmopt import export, reference
+        >>> _ = export.to_tflite(reference.build_gpt("tiny"), "gpt.tflite", sequence_length=16)
+        >>> fallback = xnnpack_fallback_ops("gpt.tflite")  # the causal mask, the embedding
+        >>> any(op.startswith(("FULLY_CONNECTED", "BATCH_MATMUL")) for op in fallback)
+        False
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, experimental_disable_delegate_node_fusion=True)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    delegated = {tuple(op["outputs"]) for op in ops if op["op_name"] == "DELEGATE"}
+    fallback = collections.Counter()
+    for op in ops:
+        if op["op_name"] == "DELEGATE" or tuple(op["outputs"]) in delegated:
+            continue
+        dtypes = ",".join(np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i in tensors)
+        fallback[f"{op['op_name']}({dtypes})"] += 1
+    return dict(fallback.most_common())
+
+
 def onnx_summary(model_proto):
     """Counts ops by type and initializer dtypes of an ONNX model."""
     import onnx

@@ -164,6 +164,8 @@ def to_tflite(
                 f"kernels (slower). XNNPACK said: {xnnpack_error.strip()}"
             )
         summary["xnnpack"] = xnnpack_error is None
+        if xnnpack_error is None:
+            summary["xnnpack_fallback_ops"] = report.xnnpack_fallback_ops(temp)
         verification = None
         if verify:
             verification = common.verify_staged(

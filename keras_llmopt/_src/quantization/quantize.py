@@ -182,7 +182,9 @@ def _refuse_config(model):
 
 def _apply(work, annotations, scheme, preserve_sparsity, ignore):
     ignore = targeting._as_patterns(ignore, "ignore")
-    nodes = [node for node in layer_tree.walk_layers(work) if node.path in annotations]
+    walked = list(layer_tree.walk_layers(work))
+    nodes = [node for node in walked if node.path in annotations]
+    symmetric = configs_lib.attention_value_operands(node.layer for node in walked)
     quantized, skipped = [], {}
     for node in nodes:
         annotation = annotations[node.path]
@@ -196,6 +198,8 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore):
         config = annotation.config
         if config is None:
             config = configs_lib.default_config(layer, scheme)
+            if id(layer) in symmetric and isinstance(config, configs_lib.WeightedLayerConfig):
+                config.symmetric_output = True
         if config is None:
             if _own_weights(layer) and not configs_lib.has_default(layer):
                 if annotation.explicit:
