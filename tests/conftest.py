@@ -64,3 +64,21 @@ def fresh_tiny():
 
     keras.utils.set_random_seed(0)
     return reference.build_gpt("tiny")
+
+
+@pytest.fixture
+def run_docstring_examples(tmp_path, monkeypatch):
+    """``fn(module_name)``: runs a module's docstring examples in ``tmp_path``; none may fail."""
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(name):
+        module = importlib.import_module(name)
+        result = doctest.testmod(
+            module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, report=True
+        )
+        assert result.failed == 0, f"{result.failed} failing docstring example(s) in {name}"
+
+    return run

@@ -1,8 +1,5 @@
 """Every Example in the quantization and clustering docstrings runs as written."""
 
-import doctest
-import importlib
-
 import pytest
 
 MODULES = [
@@ -19,10 +16,5 @@ MODULES = [
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples_run(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    module = importlib.import_module(name)
-    result = doctest.testmod(
-        module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, report=True
-    )
-    assert result.failed == 0, f"{result.failed} failing docstring example(s) in {name}"
+def test_docstring_examples_run(name, run_docstring_examples):
+    run_docstring_examples(name)

@@ -24,19 +24,8 @@ HELP = (
     "report.md, benchmark.json, size_vs_bpb.png. --out=FILE.json writes the JSON there and "
     "the Markdown and plot beside it."
 )
-FLAG_NAMES = (
-    "preset",
-    "steps",
-    "seed",
-    "corpus_dir",
-    "eval_windows",
-    "out",
-    "benchmark_variants",
-    "finetune_steps",
-    "latency_repeats",
-    "latency_warmup",
-    "keep_artifacts",
-)
+# The benchmark command's flags, less --model: the demo always uses the reference GPT.
+FLAG_NAMES = tuple(name for name in benchmark_cmd.FLAG_NAMES if name != "model")
 DEFAULT_OUT = "keras_llmopt_report"
 
 

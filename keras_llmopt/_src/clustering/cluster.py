@@ -14,7 +14,7 @@ from absl import logging
 from keras import ops
 
 from keras_llmopt._src.clustering import kmeans
-from keras_llmopt._src.core import layer_tree, targeting
+from keras_llmopt._src.core import layer_state, layer_tree, targeting
 from keras_llmopt._src.quantization import state as qstate
 
 STATE_ATTR = "_llmopt_clustering_state"
@@ -102,7 +102,7 @@ def attach(
     """Clusters ``weights`` (``WeightRef`` list) of ``layer`` in place; returns the state."""
     state = ClusteringState(name=f"{layer.name}_clustering_state", dtype="float32")
     state.setup(layer, weights, number_of_clusters, init, preserve_sparsity, seed)
-    qstate._set_tracked(layer, STATE_ATTR, state)
+    layer_state.set_tracked(layer, STATE_ATTR, state)
     original = layer.call
 
     def clustered_call(*args, **kwargs):
@@ -270,7 +270,7 @@ def strip_clustering(model):
         for _, state in found:
             layer = state.get_owner()
             layers.append((layer, state, vars(layer)["call"]))
-            qstate._set_tracked(layer, STATE_ATTR, None)
+            layer_state.set_tracked(layer, STATE_ATTR, None)
             object.__delattr__(layer, "call")
             for ref, _, _, _ in state.entries:
                 ref.variable.trainable = True
@@ -284,7 +284,7 @@ def strip_clustering(model):
                 object.__setattr__(model, "get_config", config_patch)
     finally:
         for layer, state, call in layers:
-            qstate._set_tracked(layer, STATE_ATTR, state)
+            layer_state.set_tracked(layer, STATE_ATTR, state)
             object.__setattr__(layer, "call", call)
             for ref, _, _, _ in state.entries:
                 ref.variable.trainable = False

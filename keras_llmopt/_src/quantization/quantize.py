@@ -14,7 +14,7 @@ import dataclasses
 import keras
 from absl import logging
 
-from keras_llmopt._src.core import layer_tree, targeting
+from keras_llmopt._src.core import layer_state, layer_tree, targeting
 from keras_llmopt._src.quantization import configs as configs_lib
 from keras_llmopt._src.quantization import schemes as schemes_lib
 from keras_llmopt._src.quantization import state as state_lib
@@ -373,7 +373,7 @@ def strip_quantization(model):
         for _, state in found:
             layer = state.get_owner()
             restore.append((layer, vars(layer).get("call"), vars(layer).get("get_config")))
-            state_lib._set_tracked(layer, state_lib.STATE_ATTR, None)
+            layer_state.set_tracked(layer, state_lib.STATE_ATTR, None)
             for name in ("call", "_compute_attention"):
                 if name in vars(layer):
                     object.__delattr__(layer, name)
@@ -383,7 +383,7 @@ def strip_quantization(model):
         plain = state_lib.uncompiled_copy(model)
     finally:
         for (_, state), (layer, call, _) in zip(found, restore):
-            state_lib._set_tracked(layer, state_lib.STATE_ATTR, state)
+            layer_state.set_tracked(layer, state_lib.STATE_ATTR, state)
             if call is not None:
                 object.__setattr__(layer, "call", call)
             if state.attention_q:
@@ -393,7 +393,7 @@ def strip_quantization(model):
                     layer,
                     "_compute_attention",
                     attention_lib.make_compute_attention(
-                        layer, state.attention_q, state_lib.is_training
+                        layer, state.attention_q, layer_state.is_training
                     ),
                 )
         if restore_config is not None:

@@ -15,35 +15,13 @@ import math
 import keras
 import numpy as np
 from keras import ops
-from keras.src.backend.common import global_state
 
 from keras_llmopt._src.core import layer_tree
+from keras_llmopt._src.core.layer_state import call_training, is_training, set_tracked
 from keras_llmopt._src.quantization import attention as attention_lib
 from keras_llmopt._src.quantization.configs import AttentionConfig, QuantizeConfig
 
 STATE_ATTR = "_llmopt_quantize_state"
-
-
-def current_training(kwargs):
-    """The ``training`` flag of a call: its argument, else the enclosing call's."""
-    training = kwargs.get("training")
-    if training is None:
-        context = global_state.get_global_attribute("current_call_ctx")
-        if context is not None and hasattr(context, "get_value"):
-            training = context.get_value("training")
-        else:
-            training = getattr(context, "training", None)
-    return is_training(training)
-
-
-def is_training(training):
-    """Python truthiness of ``training`` (``None`` and symbolic tensors: False)."""
-    if training is None:
-        return False
-    try:
-        return bool(training)
-    except Exception:
-        return False
 
 
 class _QuantizedWeight:
@@ -236,33 +214,6 @@ def _quantize_outputs(outputs, quantizers, training):
     return quantizers[0](outputs, training=training)
 
 
-def _set_tracked(layer, name, value):
-    tracker = getattr(layer, "_tracker", None)
-    was_locked = bool(tracker is not None and tracker.locked)
-    if was_locked:
-        tracker.unlock()
-    try:
-        if value is None:
-            old = getattr(layer, name)
-            delattr(layer, name)
-            sublayers = getattr(layer, "_layers", [])
-            for i, sub in enumerate(list(sublayers)):
-                if sub is old:
-                    del sublayers[i]
-                    break
-        else:
-            setattr(layer, name, value)
-            sublayers = getattr(layer, "_layers", None)
-            if sublayers is not None and not any(sub is value for sub in sublayers):
-                sublayers.append(value)
-    finally:
-        if was_locked:
-            tracker.lock(
-                "You cannot add new elements of state (variables or sub-layers) to a layer "
-                "that is already built."
-            )
-
-
 def install(layer, config, path, preserve_sparsity=True):
     """Quantizes ``layer`` in place with ``config``; returns its :class:`QuantizeState`.
 
@@ -279,11 +230,11 @@ def install(layer, config, path, preserve_sparsity=True):
     state.setup(layer, config, path, preserve_sparsity)
     if state.is_empty:
         return state
-    _set_tracked(layer, STATE_ATTR, state)
+    set_tracked(layer, STATE_ATTR, state)
     original = layer.call
 
     def quantized_call(*args, **kwargs):
-        training = current_training(kwargs)
+        training = call_training(kwargs)
         with _swapped(layer, state, training):
             outputs = original(*args, **kwargs)
         if state.config.quantize_outputs(layer, kwargs):
@@ -294,7 +245,7 @@ def install(layer, config, path, preserve_sparsity=True):
     if dense_view is not None and state.weights_q:
 
         def quantized_call(inputs, *args, **kwargs):  # noqa: F811
-            training = current_training(kwargs)
+            training = call_training(kwargs)
             kernel = state.weights_q[0].value(training)
             outputs = _einsum_as_dense(layer, inputs, kernel, dense_view, state, training)
             return _quantize_outputs(outputs, state.outputs_q, training)

@@ -15,8 +15,8 @@ silently saving a model that would load without its masks. Save with
 """
 
 import keras
-from keras.src.backend.common import global_state
 
+from keras_llmopt._src.core.layer_state import call_training, set_tracked
 from keras_llmopt._src.sparsity import state as state_lib
 
 STATE_ATTR = "_llmopt_pruning_state"
@@ -104,50 +104,12 @@ class PruningState(keras.layers.Layer):
         return cls(**config)
 
 
-def _current_training(kwargs):
-    training = kwargs.get("training")
-    if training is None:
-        context = global_state.get_global_attribute("current_call_ctx")
-        if context is not None and hasattr(context, "get_value"):
-            training = context.get_value("training")
-        else:
-            training = getattr(context, "training", None)
-    return training
-
-
-def _set_tracked(layer, name, value):
-    tracker = getattr(layer, "_tracker", None)
-    was_locked = bool(tracker is not None and tracker.locked)
-    if was_locked:
-        tracker.unlock()
-    try:
-        if value is None:
-            old = getattr(layer, name)
-            delattr(layer, name)
-            sublayers = getattr(layer, "_layers", [])
-            for i, sub in enumerate(list(sublayers)):
-                if sub is old:
-                    del sublayers[i]
-                    break
-        else:
-            setattr(layer, name, value)
-            sublayers = getattr(layer, "_layers", None)
-            if sublayers is not None and not any(sub is value for sub in sublayers):
-                sublayers.append(value)  # the tracker skips objects it has seen before
-    finally:
-        if was_locked:
-            tracker.lock(
-                "You cannot add new elements of state (variables or sub-layers) to a layer "
-                "that is already built."
-            )
-
-
 def _patch_call(layer, state):
     original = layer.call
     object.__setattr__(state, "original_call", original)
 
     def pruned_call(*args, **kwargs):
-        if state_lib.is_training(_current_training(kwargs)):
+        if call_training(kwargs):
             state_lib.update_masks(
                 state.pruned,
                 state.pruning_step,
@@ -191,7 +153,7 @@ def attach(layer, pruning_schedule, block_size, block_pooling_type, sparsity_m_b
         dtype="float32",
     )
     state.setup(layer, weights)
-    _set_tracked(layer, STATE_ATTR, state)
+    set_tracked(layer, STATE_ATTR, state)
     _patch_call(layer, state)
     return state
 
@@ -203,13 +165,13 @@ def detach(layer):
         return None
     if "call" in vars(layer):
         object.__delattr__(layer, "call")
-    _set_tracked(layer, STATE_ATTR, None)
+    set_tracked(layer, STATE_ATTR, None)
     return state
 
 
 def reattach(layer, state):
     """Re-installs a state removed by :func:`detach`."""
-    _set_tracked(layer, STATE_ATTR, state)
+    set_tracked(layer, STATE_ATTR, state)
     _patch_call(layer, state)
 
 

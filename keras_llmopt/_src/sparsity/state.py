@@ -96,18 +96,6 @@ def create_state(owner, pruned_weights, step_name="pruning_step"):
     )
 
 
-def is_training(training):
-    """Python truthiness of a ``training`` argument (``None`` is False)."""
-    if training is None:
-        return False
-    if isinstance(training, bool | int):
-        return bool(training)
-    try:
-        return bool(training)
-    except Exception:  # a symbolic tensor: only prune in an explicit training call
-        return False
-
-
 def update_masks(pruned_weights, step_variable, schedule, block_size, pooling, m_by_n):
     """Advances the step and, on a pruning turn, recomputes every mask (in-graph)."""
     step = ops.convert_to_tensor(step_variable) + 1

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_llmopt._src.core import layer_tree, targeting
+from keras_llmopt._src.core import layer_state, layer_tree, targeting
 from keras_llmopt._src.sparsity import schedules as schedules_lib
 from keras_llmopt._src.sparsity import state as state_lib
 
@@ -159,7 +159,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.built = True
 
     def call(self, inputs, *args, training=None, **kwargs):
-        if state_lib.is_training(training):
+        if layer_state.is_training(training):
             state_lib.update_masks(
                 self.pruned,
                 self.pruning_step,
