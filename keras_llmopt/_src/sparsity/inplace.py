@@ -85,23 +85,12 @@ class PruningState(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
-                "block_size": list(self.block_size),
-                "block_pooling_type": self.block_pooling_type,
-                "sparsity_m_by_n": list(self.sparsity_m_by_n) if self.sparsity_m_by_n else None,
-            }
-        )
+        config.update(state_lib.settings_config(self))
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["pruning_schedule"] = keras.saving.deserialize_keras_object(
-            config["pruning_schedule"]
-        )
-        return cls(**config)
+        return cls(**state_lib.settings_from_config(config))
 
 
 def _patch_call(layer, state):

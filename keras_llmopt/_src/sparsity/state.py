@@ -154,6 +154,23 @@ def check_settings(pruned_weights, block_size, pooling, m_by_n, owner_name):
         )
 
 
+def settings_config(holder):
+    """The pruning settings of a wrapper or state, as config entries."""
+    return {
+        "pruning_schedule": keras.saving.serialize_keras_object(holder.pruning_schedule),
+        "block_size": list(holder.block_size),
+        "block_pooling_type": holder.block_pooling_type,
+        "sparsity_m_by_n": list(holder.sparsity_m_by_n) if holder.sparsity_m_by_n else None,
+    }
+
+
+def settings_from_config(config):
+    """A copy of ``config`` with its pruning schedule deserialized."""
+    config = dict(config)
+    config["pruning_schedule"] = keras.saving.deserialize_keras_object(config["pruning_schedule"])
+    return config
+
+
 def normalise_settings(pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n):
     """Validates the user-facing pruning arguments; returns them normalised."""
     schedule = schedules_lib.get(pruning_schedule)

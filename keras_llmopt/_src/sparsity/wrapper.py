@@ -182,13 +182,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
-                "block_size": list(self.block_size),
-                "block_pooling_type": self.block_pooling_type,
-                "sparsity_m_by_n": list(self.sparsity_m_by_n) if self.sparsity_m_by_n else None,
-                "pruned_weights": self.pruned_weight_paths,
-            }
-        )
+        config.update(state_lib.settings_config(self))
+        config["pruned_weights"] = self.pruned_weight_paths
         return config
