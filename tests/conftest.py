@@ -82,3 +82,23 @@ def run_docstring_examples(tmp_path, monkeypatch):
         assert result.failed == 0, f"{result.failed} failing docstring example(s) in {name}"
 
     return run
+
+
+@pytest.fixture
+def tiny_gpt2_lm():
+    """Builds a small KerasHub GPT-2 CausalLM from a config (skips without keras_hub)."""
+    keras_hub = pytest.importorskip("keras_hub")
+
+    def build(num_layers=2):
+        keras.utils.set_random_seed(0)
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=256,
+            num_layers=num_layers,
+            num_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+            max_sequence_length=32,
+        )
+        return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+    return build

@@ -69,25 +69,14 @@ def test_qat_gpt_exports_full_integer_and_agrees(qat_tiny, trained_tiny, tiny_co
     assert report.size_bytes < 0.5 * float_size
 
 
-def test_kerashub_causal_lm_qat_exports_int8(tmp_path):
-    keras_hub = pytest.importorskip("keras_hub")
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=256,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=32,
-    )
-    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+def test_kerashub_causal_lm_qat_exports_int8(tiny_gpt2_lm, tmp_path):
+    lm = tiny_gpt2_lm()
     q = quantization.quantize_model(lm)
     # Keras numbers auto-generated names per process, so match the path's tail.
-    skipped = q.quantize_report.skipped
-    assert any(p.endswith("/position_embedding") for p in skipped), skipped
-    assert any(p.endswith("self_attention") for p in q.quantize_report.quantized), (
-        q.quantize_report.quantized
-    )
+    quantized = q.quantize_report.quantized
+    assert not q.quantize_report.skipped, q.quantize_report.skipped
+    assert any(p.endswith("/position_embedding") for p in quantized), quantized
+    assert any(p.endswith("self_attention") for p in quantized), quantized
     rng = np.random.default_rng(0)
     x = {
         "token_ids": rng.integers(0, 256, (8, 16)).astype("int32"),
@@ -129,3 +118,75 @@ def test_pruned_model_keeps_zeros_through_qat_and_export(trained_tiny, tiny_corp
     sparse = [k for k in kernels if (k == 0).mean() >= 0.5]
     # 2 blocks x (q, k, v, o, mlp_up, mlp_down) were pruned; lm_head was not.
     assert len(sparse) == 12 and len(kernels) == 13, [(k == 0).mean() for k in kernels]
+
+
+def test_16x8_qat_gpt_exports_int16_activations_and_agrees(trained_tiny, tiny_corpus, tmp_path):
+    q = _finetune(
+        quantization.quantize_model(trained_tiny, scheme="8bit_weights_16bit_activations"),
+        tiny_corpus,
+        steps=6,
+    )
+    path = tmp_path / "qat16.tflite"
+    report = export.to_tflite(q, path, quantization="int16x8")  # verified by default
+    assert report.verification.top1_agreement >= 0.95
+    ops, tensors = _tensor_details(path)
+    kinds = {}
+    for op in ops:
+        if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL"):
+            dtypes = tuple(tensors[i]["dtype"].__name__ for i in op["inputs"][:2])
+            kinds.setdefault(op["op_name"], []).append(dtypes)
+    # Attention scores and values multiply int16 x int16; the projections are int16 x
+    # int8 except the GELU layers (no int16 GELU kernel: computed in float).
+    assert set(kinds["BATCH_MATMUL"]) == {("int16", "int16")}, kinds
+    fully_connected = kinds["FULLY_CONNECTED"]
+    assert fully_connected.count(("int16", "int8")) == len(fully_connected) - 2, kinds
+    # The artifact scores like the Keras model.
+    keras_bpb = reference.evaluate(q, tiny_corpus, num_windows=16).bpb
+    tflite_bpb = reference.evaluate(str(path), tiny_corpus, num_windows=16).bpb
+    assert abs(tflite_bpb - keras_bpb) < 0.01, (keras_bpb, tflite_bpb)
+
+
+def test_attention_query_scale_is_folded_into_the_query_projection(qat_tiny, tmp_path):
+    # No MUL between the query projection and the score matmul: 1/sqrt(key_dim) lives
+    # in the projection's int8 kernel (the 16x8 converter cannot quantize that MUL).
+    from keras_llmopt._src.quantization.state import STATE_ATTR
+
+    attention = qat_tiny.get_layer("block_0_attention")
+    state = vars(attention._query_dense)[STATE_ATTR]
+    assert state.config.output_scale == pytest.approx(attention._inverse_sqrt_key_dim)
+    assert "query" not in vars(attention)[STATE_ATTR].attention_q
+    # The stripped float model scales the query itself: its kernel is the quantized
+    # scaled kernel divided by the scale.
+    plain = quantization.strip_quantization(qat_tiny)
+    kernel = keras.ops.convert_to_numpy(
+        plain.get_layer("block_0_attention")._query_dense.kernel
+    ).reshape(attention._query_dense.kernel.shape[0], -1)
+    quantized = keras.ops.convert_to_numpy(state.weights_q[0].value(False))
+    np.testing.assert_allclose(kernel * attention._inverse_sqrt_key_dim, quantized, rtol=1e-5)
+    assert max(np.unique(column).size for column in quantized.T) <= 255  # int8 grid
+    path = tmp_path / "q.tflite"
+    export.to_tflite(qat_tiny, path, quantization="int8", verify=False)
+    ops, tensors = _tensor_details(path)
+    producers = {o: op for op in ops for o in op["outputs"]}
+    for op in ops:
+        if op["op_name"] == "BATCH_MATMUL":
+            for i in op["inputs"][:2]:
+                source = producers.get(i)
+                while source is not None and source["op_name"] in ("RESHAPE", "TRANSPOSE"):
+                    source = producers.get(source["inputs"][0])
+                assert source is None or source["op_name"] != "MUL", op
+
+
+def test_weight_only_4bit_qat_model_exports_its_4bit_grid(trained_tiny, tmp_path):
+    q = quantization.quantize_model(trained_tiny, scheme="4bit_weights")
+    path = tmp_path / "w4.tflite"
+    report = export.to_tflite(q, path, quantization="dynamic_int8")  # verified by default
+    assert any("weight-only" in note for note in report.notes), report.notes
+    ops, tensors = _tensor_details(path)
+    interpreter = _interpreter(path)
+    kernels = [
+        interpreter.get_tensor(op["inputs"][1]) for op in ops if op["op_name"] == "FULLY_CONNECTED"
+    ]
+    assert kernels and all(k.dtype == np.int8 for k in kernels)
+    # Each output channel holds at most the 15 levels of symmetric 4-bit weights.
+    assert max(np.unique(row).size for k in kernels for row in k) <= 15

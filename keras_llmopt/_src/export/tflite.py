@@ -2,7 +2,15 @@
 
 from absl import logging
 
-from keras_llmopt._src.export import calibration, common, files, report, runtime, signature
+from keras_llmopt._src.export import (
+    calibration,
+    common,
+    compact,
+    files,
+    report,
+    runtime,
+    signature,
+)
 
 QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8", "int16x8")
 _CALIBRATED = ("int8", "int16x8")
@@ -20,6 +28,7 @@ def to_tflite(
     verify=True,
     tolerance=None,
     verification_data=None,
+    compact_file=True,
 ):
     """Converts a Keras model to a ``.tflite`` file and proves it against the model.
 
@@ -48,6 +57,9 @@ def to_tflite(
           attention mask's -3.4e38 fill ruins the softmax input's int16 scale; ops
           without 16x8 kernels (NEG, SELECT_V2) stay in float.
 
+    A weight-only quantization-aware model (``"4bit_weights*"`` schemes) is exported
+    through ``strip_quantization``: its dequantized weights, in any mode.
+
     Default tolerances per mode are in ``verification.DEFAULT_TOLERANCES`` (float32:
     max abs error <= 1e-3 + 1e-3 * max|output|, top-1 >= 0.99; float16: 0.05 + 0.02 *
     scale, top-1 >= 0.95; integer modes: top-1 agreement and bits-per-byte increase).
@@ -73,6 +85,12 @@ def to_tflite(
         verification_data: Inputs to verify on: token ids ``(B, T)``, a dict, or a
             tuple ``(inputs, targets)`` to also compare bits per byte (default: 4
             random rows of valid token ids).
+        compact_file: Rewrite the converter's flatbuffer losslessly smaller
+            (``compact.compact_tflite``): identical quantization and shape vectors
+            stored once (per-channel weights' int64 zero points are all zero) and
+            internal tensor names dropped; inputs, outputs and signatures keep their
+            names and the outputs are bit-identical. ``summary["compaction"]`` says
+            what it saved. Pass ``False`` to keep the names for debugging.
 
     Returns:
         An ``ExportReport``.
@@ -95,6 +113,7 @@ def to_tflite(
     common.check_positive_int("num_threads", num_threads)
     common.check_bool("sparse", sparse)
     common.check_bool("verify", verify)
+    common.check_bool("compact_file", compact_file)
     if representative_dataset is not None and quantization not in _CALIBRATED:
         raise ValueError(
             "`representative_dataset` is only used by quantization='int8' or 'int16x8'. "
@@ -106,6 +125,13 @@ def to_tflite(
 
         resolve_tolerance(mode, tolerance)
 
+    notes = []
+    model, weight_only = _dequantized_if_weight_only(model)
+    if weight_only:
+        notes.append(
+            f"weight-only quantization-aware model ({weight_only}): exported its dequantized "
+            "weights (strip_quantization), stored at this mode's precision"
+        )
     specs, is_dict = signature.input_specs(model, sequence_length, batch_size)
     if any(None in s.shape for s in specs):
         raise ValueError(
@@ -115,7 +141,6 @@ def to_tflite(
         )
     logging.info("to_tflite: tracing %s with inputs %s", model.name, [s.shape for s in specs])
     frozen = signature.frozen_function(signature.serving_function(model, specs, is_dict))
-    notes = []
     is_qat = signature.has_fake_quant(frozen)
     if quantization in _CALIBRATED and representative_dataset is None and not is_qat:
         raise ValueError(
@@ -152,6 +177,11 @@ def to_tflite(
             f"to_tflite: the TFLite converter failed for quantization={quantization!r}, "
             f"sparse={sparse}: {error}"
         ) from error
+    compaction = None
+    if compact_file:
+        content, compaction = compact.compact_tflite(content)
+        if compaction["reason"]:
+            notes.append(f"flatbuffer not compacted: {compaction['reason']}")
 
     with files.staged_file(path) as temp:
         with open(temp, "wb") as handle:
@@ -164,6 +194,8 @@ def to_tflite(
                 f"kernels (slower). XNNPACK said: {xnnpack_error.strip()}"
             )
         summary["xnnpack"] = xnnpack_error is None
+        if compaction is not None:
+            summary["compaction"] = compaction
         if xnnpack_error is None:
             summary["xnnpack_fallback_ops"] = report.xnnpack_fallback_ops(temp)
         verification = None
@@ -193,6 +225,24 @@ def to_tflite(
     )
     logging.info("to_tflite: wrote %s (%d bytes)", path, result.size_bytes)
     return result
+
+
+def _dequantized_if_weight_only(model):
+    """``(strip_quantization(model), scheme)`` for a weight-only QAT model, else ``(model, None)``.
+
+    Weight-only schemes (``"4bit_weights*"``) put fake-quantized weights in the graph
+    and nothing else; the converter cannot read sub-8-bit fake quantization (a 4-bit
+    embedding table fails in GATHER), and the dequantized weights compute the same.
+    """
+    from keras_llmopt._src.quantization import state as state_lib
+
+    found = state_lib.states(model)
+    if not found or any(s.activations_q or s.outputs_q or s.attention_q for _, s in found):
+        return model, None
+    from keras_llmopt._src.quantization.quantize import strip_quantization
+
+    report = getattr(model, "quantize_report", None)
+    return strip_quantization(model), getattr(report, "scheme", "weight-only")
 
 
 def _converter(model, frozen, quantization, data, specs, is_dict, batch_size, sparse, is_qat):

@@ -2,7 +2,8 @@
 
 The layer's ``_compute_attention`` is replaced (on the instance) by an explicit
 attention with fake quantization at each tensor TFLite's integer kernels see:
-scaled query (MUL output), scores (BATCH_MATMUL output), softmax input (SELECT
+scaled query (MUL output, unless ``1/sqrt(key_dim)`` is folded into the query
+projection: ``configs.fold_query_scales``), scores (BATCH_MATMUL output), softmax input (SELECT
 output), probabilities (SOFTMAX output, fixed ``[0, 1)``) and the attention
 output (second BATCH_MATMUL).
 
@@ -35,7 +36,8 @@ def make_compute_attention(layer, quantizers, is_training):
     Args:
         layer: The attention layer.
         quantizers: ``{"query", "scores", "probs", "output"}`` from
-            ``AttentionConfig.get_attention_quantizers``.
+            ``AttentionConfig.get_attention_quantizers``; without ``"query"`` the
+            query arrives already scaled and quantized.
         is_training: ``fn(training) -> bool``.
     """
 
@@ -57,8 +59,9 @@ def make_compute_attention(layer, quantizers, is_training):
                 if attention_mask is None
                 else ops.logical_and(ops.cast(attention_mask, "bool"), causal)
             )
-        query = ops.multiply(query, ops.cast(layer._inverse_sqrt_key_dim, query.dtype))
-        query = quantizers["query"](query, training=train)
+        if "query" in quantizers:  # else the query projection applied the scale
+            query = ops.multiply(query, ops.cast(layer._inverse_sqrt_key_dim, query.dtype))
+            query = quantizers["query"](query, training=train)
         scores = ops.einsum(layer._dot_product_equation, key, query)
         score_q = quantizers["scores"]
         if attention_mask is not None:

@@ -62,6 +62,13 @@ class QuantizeConfig:
         """Whether this call's outputs are quantized (default: always)."""
         return True
 
+    def select_output_quantizers(self, layer, call_kwargs, quantizers):
+        """The quantizers (of ``get_output_quantizers``) for one call's outputs.
+
+        Default: all of them if :meth:`quantize_outputs`, else none.
+        """
+        return quantizers if self.quantize_outputs(layer, call_kwargs) else []
+
     def get_config(self):
         """Constructor arguments."""
         return {}
@@ -70,6 +77,22 @@ class QuantizeConfig:
     def from_config(cls, config):
         """Rebuilds the config from :meth:`get_config`."""
         return cls(**config)
+
+
+def _scheme_of(value):
+    from keras_llmopt._src.quantization.schemes import QuantizeScheme
+
+    return QuantizeScheme.from_config(value) if isinstance(value, dict) else value
+
+
+class _SchemeConfig(QuantizeConfig):
+    """A built-in config: a scheme plus plain constructor arguments, all serializable."""
+
+    def __init__(self, scheme):
+        self.scheme = _scheme_of(scheme)
+
+    def get_config(self):
+        return {"scheme": self.scheme.get_config()}
 
 
 def _activation_quantizer(scheme, margin=0.0, symmetric=False):
@@ -131,7 +154,8 @@ def einsum_dense_view(layer):
     return len(k_in), len(k_out)
 
 
-class WeightedLayerConfig(QuantizeConfig):
+@keras.saving.register_keras_serializable(package="keras_llmopt")
+class WeightedLayerConfig(_SchemeConfig):
     """Dense, EinsumDense and Conv: kernel per output channel, pre-activation and output.
 
     Args:
@@ -141,16 +165,37 @@ class WeightedLayerConfig(QuantizeConfig):
         dense_view: ``(input axes, output axes)`` of an EinsumDense kernel seen as 2-D.
         symmetric_output: Output range ``[-r, r]`` with zero point 0 even when the
             scheme's activations are asymmetric (attention key and value projections).
+        output_scale: A constant the layer's output is multiplied by, folded into its
+            kernel and bias before the kernel is quantized (the attention's
+            ``1/sqrt(key_dim)`` on the query projection; see ``fold_query_scales``).
+            Only for layers computed through ``dense_view``.
     """
 
     def __init__(
-        self, scheme, output_axes=1, weight_name="kernel", dense_view=None, symmetric_output=False
+        self,
+        scheme,
+        output_axes=1,
+        weight_name="kernel",
+        dense_view=None,
+        symmetric_output=False,
+        output_scale=None,
     ):
-        self.scheme = scheme
+        super().__init__(scheme)
         self.output_axes = output_axes
         self.weight_name = weight_name
-        self.dense_view = dense_view
+        self.dense_view = None if dense_view is None else tuple(dense_view)
         self.symmetric_output = bool(symmetric_output)
+        self.output_scale = None if output_scale is None else float(output_scale)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "output_axes": self.output_axes,
+            "weight_name": self.weight_name,
+            "dense_view": None if self.dense_view is None else list(self.dense_view),
+            "symmetric_output": self.symmetric_output,
+            "output_scale": self.output_scale,
+        }
 
     def get_weights_and_quantizers(self, layer):
         if self.dense_view is not None:  # quantized on the 2-D (inputs, outputs) view
@@ -162,6 +207,10 @@ class WeightedLayerConfig(QuantizeConfig):
         activation = getattr(layer, "activation", None)
         if self.scheme.activation_bits is None or activation in (None, keras.activations.linear):
             return []
+        if self.scheme.activation_bits > 8 and _lacks_int16_kernel(activation):
+            # LiteRT has no int16 GELU: without a range on its input the converter
+            # computes this layer's matmul and activation in float between int16 tensors.
+            return []
         return [("activation", _activation_quantizer(self.scheme))]
 
     def get_output_quantizers(self, layer):
@@ -170,48 +219,78 @@ class WeightedLayerConfig(QuantizeConfig):
         return [_activation_quantizer(self.scheme, symmetric=self.symmetric_output)]
 
 
+def _lacks_int16_kernel(activation):
+    """Activations LiteRT has no int16 kernel for (GELU, exact or approximate)."""
+    name = getattr(activation, "__name__", "") or type(activation).__name__
+    return "gelu" in name.lower()
+
+
 def _takes_reverse(layer):
     import inspect
 
     try:
-        return "reverse" in inspect.signature(layer.call).parameters
+        # The class's call: the instance's is replaced by the quantized call.
+        return "reverse" in inspect.signature(type(layer).call).parameters
     except (TypeError, ValueError):
         return False
 
 
-class EmbeddingConfig(QuantizeConfig):
+@keras.saving.register_keras_serializable(package="keras_llmopt")
+class EmbeddingConfig(_SchemeConfig):
     """Embedding: the table per tensor (TFLite's GATHER keeps the table's scale).
 
-    A lookup's output keeps the table's quantization; a reversible embedding used
-    as the output head (``reverse=True``, KerasHub) gets an output quantizer.
+    Also KerasHub's ``PositionEmbedding`` (table ``position_embeddings``).
+    A lookup's output keeps the table's quantization, except with 16-bit
+    activations: its int8 codes are then requantized to an int16 range (an output
+    quantizer), since LiteRT's int16 kernels do not take int8 inputs. A reversible
+    embedding used as the output head (``reverse=True``, KerasHub) gets an output
+    quantizer of its own.
     """
 
-    def __init__(self, scheme):
-        self.scheme = scheme
+    def __init__(self, scheme, weight_name="embeddings"):
+        super().__init__(scheme)
+        self.weight_name = weight_name
+
+    def get_config(self):
+        return {**super().get_config(), "weight_name": self.weight_name}
 
     def get_weights_and_quantizers(self, layer):
-        return [("embeddings", _weight_quantizer(self.scheme, 0, per_channel=False))]
+        return [(self.weight_name, _weight_quantizer(self.scheme, 0, per_channel=False))]
+
+    def _requantizes_lookup(self):
+        return (self.scheme.activation_bits or 0) > self.scheme.weight_bits
 
     def get_output_quantizers(self, layer):
-        if self.scheme.activation_bits is None or not _takes_reverse(layer):
+        if self.scheme.activation_bits is None:
             return []
-        return [_activation_quantizer(self.scheme)]
+        quantizers = []
+        if self._requantizes_lookup():
+            quantizers.append(_activation_quantizer(self.scheme))
+        if _takes_reverse(layer):
+            quantizers.append(_activation_quantizer(self.scheme))
+        return quantizers
 
     def quantize_outputs(self, layer, call_kwargs):
-        return bool(call_kwargs.get("reverse", False))
+        return bool(call_kwargs.get("reverse", False)) or self._requantizes_lookup()
+
+    def select_output_quantizers(self, layer, call_kwargs, quantizers):
+        if not quantizers:
+            return []
+        if call_kwargs.get("reverse", False):
+            return quantizers[-1:] if _takes_reverse(layer) else []
+        return quantizers[:1] if self._requantizes_lookup() else []
 
 
-class OutputConfig(QuantizeConfig):
+@keras.saving.register_keras_serializable(package="keras_llmopt")
+class OutputConfig(_SchemeConfig):
     """Layers quantized at their output only: residual adds, normalizations."""
-
-    def __init__(self, scheme):
-        self.scheme = scheme
 
     def get_output_quantizers(self, layer):
         return [] if self.scheme.activation_bits is None else [_activation_quantizer(self.scheme)]
 
 
-class AttentionConfig(QuantizeConfig):
+@keras.saving.register_keras_serializable(package="keras_llmopt")
+class AttentionConfig(_SchemeConfig):
     """MultiHeadAttention's inner tensors (its q/k/v/o EinsumDense are quantized as layers).
 
     ``get_attention_quantizers`` gives the quantizers of the scaled query, the
@@ -220,8 +299,14 @@ class AttentionConfig(QuantizeConfig):
     (fixed ``[0, 1)``) and the attention output (before the output projection).
     """
 
-    def __init__(self, scheme):
-        self.scheme = scheme
+    def __init__(self, scheme, query_scaled=False):
+        super().__init__(scheme)
+        # True when the query projection already outputs the scaled query (its
+        # kernel holds 1/sqrt(key_dim), see fold_query_scales): no MUL, no "query".
+        self.query_scaled = bool(query_scaled)
+
+    def get_config(self):
+        return {**super().get_config(), "query_scaled": self.query_scaled}
 
     def get_attention_quantizers(self, layer):
         """``{"query", "scores", "probs", "output"}`` -> quantizer (empty: weight-only)."""
@@ -233,14 +318,16 @@ class AttentionConfig(QuantizeConfig):
             probs = FixedRangeQuantizer(-top, top, num_bits=bits, narrow_range=True)
         else:
             probs = FixedRangeQuantizer(0.0, 255.0 / 256.0, num_bits=8)
-        return {
-            # Symmetric like the key and value (see attention_value_operands): the
-            # converter may put the scaled query on either side of the score matmul.
-            "query": _activation_quantizer(self.scheme, symmetric=True),
+        quantizers = {
             "scores": _activation_quantizer(self.scheme, margin=ATTENTION_MASK_MARGIN),
             "probs": probs,
             "output": _activation_quantizer(self.scheme),
         }
+        if not self.query_scaled:
+            # Symmetric like the key and value (see attention_value_operands): the
+            # converter may put the scaled query on either side of the score matmul.
+            quantizers["query"] = _activation_quantizer(self.scheme, symmetric=True)
+        return quantizers
 
 
 _NORM_TYPES = [keras.layers.LayerNormalization]
@@ -303,6 +390,22 @@ def _register_builtin():
 
 _register_builtin()
 
+# Defaults for optional libraries' layers, matched by (module prefix, class name) in
+# the layer's class hierarchy so that the library need not be imported here.
+_NAMED_DEFAULTS = {
+    ("keras_hub", "PositionEmbedding"): lambda layer, s: EmbeddingConfig(
+        s, weight_name="position_embeddings"
+    ),
+}
+
+
+def _named_default(layer):
+    for cls in type(layer).__mro__:
+        for (module, name), factory in _NAMED_DEFAULTS.items():
+            if cls.__name__ == name and cls.__module__.startswith(module):
+                return factory
+    return None
+
 
 def attention_value_operands(layers):
     """Ids of the key and value projections of the attention layers among ``layers``.
@@ -323,14 +426,75 @@ def attention_value_operands(layers):
     return found
 
 
+def fold_query_scales(layer_configs):
+    """Folds each quantized attention's ``1/sqrt(key_dim)`` into its query projection.
+
+    Keras' attention multiplies the projected query by ``1/sqrt(key_dim)``. With
+    fake quantization on both sides that MUL stays in the exported graph, and the
+    converter's 16x8 mode cannot quantize it (its constant operand becomes int8
+    against an int16 input: "'tfl.mul' op failed to verify that binary op operands
+    have same element type"). Scaling the projection's kernel and bias instead
+    computes the same query in float, removes one op per layer and lets the
+    projection's (symmetric) output range be the scaled query's.
+
+    Applies to ``keras.layers.MultiHeadAttention`` layers (KerasHub's cached
+    attention included) with an ``AttentionConfig`` whose query projection has a
+    default ``WeightedLayerConfig`` computed through ``dense_view`` with a linear
+    activation. Both configs are updated in place.
+
+    Args:
+        layer_configs: ``[(layer, config, is_default)]`` of the layers about to be
+            quantized.
+
+    Returns:
+        The number of attention layers folded.
+
+    Example:
+        >>> from keras_llmopt._src.quantization import schemes
+        >>> scheme = schemes.get_scheme("default_8bit")
+        >>> mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)
+        >>> _ = mha(keras.ops.ones((1, 4, 8)), keras.ops.ones((1, 4, 8)))
+        >>> pairs = [(layer, default_config(layer, scheme), True)
+        ...          for layer in (mha, mha._query_dense)]
+        >>> fold_query_scales(pairs), pairs[1][1].output_scale
+        (1, 0.25)
+    """
+    by_id = {id(layer): (config, is_default) for layer, config, is_default in layer_configs}
+    folded = 0
+    for layer, config, _ in layer_configs:
+        if not (
+            isinstance(layer, keras.layers.MultiHeadAttention)
+            and isinstance(config, AttentionConfig)
+            and config.scheme.activation_bits
+            and not config.query_scaled
+        ):
+            continue
+        query = getattr(layer, "_query_dense", None)
+        query_config, is_default = by_id.get(id(query), (None, False))
+        if not (
+            is_default
+            and isinstance(query_config, WeightedLayerConfig)
+            and query_config.dense_view is not None
+            and query_config.output_scale is None
+            and getattr(query, "activation", None) in (None, keras.activations.linear)
+        ):
+            continue
+        query_config.output_scale = float(layer._inverse_sqrt_key_dim)
+        query_config.symmetric_output = True
+        config.query_scaled = True
+        folded += 1
+    return folded
+
+
 def default_config(layer, scheme):
     """The default config for ``layer`` under ``scheme``, or ``None``."""
     for layer_type, factory in reversed(_DEFAULTS):
         if isinstance(layer, layer_type):
             return factory(layer, scheme)
-    return None
+    factory = _named_default(layer)
+    return None if factory is None else factory(layer, scheme)
 
 
 def has_default(layer):
     """Whether a default config is registered for ``layer``'s type."""
-    return any(isinstance(layer, t) for t, _ in _DEFAULTS)
+    return any(isinstance(layer, t) for t, _ in _DEFAULTS) or _named_default(layer) is not None

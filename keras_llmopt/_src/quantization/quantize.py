@@ -16,6 +16,7 @@ from absl import logging
 
 from keras_llmopt._src.core import layer_state, layer_tree, targeting
 from keras_llmopt._src.quantization import configs as configs_lib
+from keras_llmopt._src.quantization import saving
 from keras_llmopt._src.quantization import schemes as schemes_lib
 from keras_llmopt._src.quantization import state as state_lib
 
@@ -166,26 +167,12 @@ def _annotations(model):
     }
 
 
-def _refuse_config(model):
-    def get_config():
-        raise ValueError(
-            f"Model '{model.name}' is quantization-aware (its layers were quantized in place), "
-            "so its config cannot describe the quantizers and a `.keras` file would load "
-            "without them. Use `model.save_weights(...)` and restore with "
-            "`quantize_model(<float model>)` then `load_weights(...)`, export it with "
-            "`keras_llmopt.export.to_tflite(model, path, quantization='int8')`, or call "
-            "`strip_quantization(model)` first."
-        )
-
-    object.__setattr__(model, "get_config", get_config)
-
-
 def _apply(work, annotations, scheme, preserve_sparsity, ignore):
     ignore = targeting._as_patterns(ignore, "ignore")
     walked = list(layer_tree.walk_layers(work))
     nodes = [node for node in walked if node.path in annotations]
     symmetric = configs_lib.attention_value_operands(node.layer for node in walked)
-    quantized, skipped = [], {}
+    chosen, skipped = [], {}
     for node in nodes:
         annotation = annotations[node.path]
         layer = node.layer
@@ -217,7 +204,11 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore):
         if not layer.built:
             skipped[node.path] = "layer is not built"
             continue
-        state = state_lib.install(layer, config, node.path, preserve_sparsity)
+        chosen.append((node, config, annotation.config is None))
+    configs_lib.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
+    quantized = []
+    for node, config, _ in chosen:
+        state = state_lib.install(node.layer, config, node.path, preserve_sparsity)
         if not state.is_empty:
             quantized.append(node.path)
     return QuantizeReport(scheme.name, quantized, skipped)
@@ -226,8 +217,8 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore):
 def _finish(work, report):
     if not report.quantized:
         raise ValueError(f"Nothing to quantize in model '{work.name}'.\n{report}")
-    _refuse_config(work)
     object.__setattr__(work, "quantize_report", report)
+    saving.make_saveable(work)
     logging.info("quantize: %s", report)
     return work
 
@@ -282,7 +273,11 @@ def quantize_model(to_quantize, scheme="default_8bit", preserve_sparsity=True, i
     matmuls, residual adds and normalizations get fake quantization with
     straight-through gradients; activation ranges are learned while you ``fit``
     (or set post-training by :func:`calibrate`). Export with
-    ``keras_llmopt.export.to_tflite(model, path, quantization="int8")``.
+    ``keras_llmopt.export.to_tflite(model, path, quantization="int8")`` (or
+    ``"int16x8"`` for the 16-bit-activation scheme). The result keeps the model's
+    class and saves with ``model.save(...)``; ``keras.models.load_model`` (inside
+    :func:`quantize_scope` for custom configs) gives it back quantization-aware, with
+    its learned ranges and masks.
 
     Args:
         to_quantize: A built ``keras.Model`` (functional, Sequential, subclassed,
@@ -314,12 +309,20 @@ def quantize_model(to_quantize, scheme="default_8bit", preserve_sparsity=True, i
 def quantize_scope(*args):
     """Scope in which quantization classes (and yours) deserialize (tfmot name).
 
+    Load a saved quantization-aware model inside it; pass the custom
+    ``QuantizeConfig`` classes (and layers) its file names.
+
     Args:
         *args: Dicts of ``{name: class}`` for custom ``QuantizeConfig``s or layers.
 
     Example:
+        >>> import keras
+        >>> q = quantize_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+        >>> q.save("qat.keras")
         >>> with quantize_scope({"MyConfig": configs_lib.QuantizeConfig}):
-        ...     pass
+        ...     loaded = keras.models.load_model("qat.keras")
+        >>> len(loaded.quantize_report.quantized)
+        1
     """
     from keras_llmopt._src.quantization import layer_quantizers as lq
 
@@ -341,8 +344,8 @@ def quantize_scope(*args):
 def strip_quantization(model):
     """A plain float model whose weights are the fake-quantized (dequantized) values.
 
-    Activation ranges are dropped. Useful to save a QAT model as a ``.keras`` file
-    or to compare weight-only quantization in float.
+    Activation ranges are dropped. Useful to hand a model to code that must not
+    depend on keras_llmopt, or to compare weight-only quantization in float.
 
     Args:
         model: A model from :func:`quantize_model` / :func:`quantize_apply`.
@@ -368,7 +371,6 @@ def strip_quantization(model):
         for qw in state.weights_q:
             values[(path, qw.storage_attr)] = keras.ops.convert_to_numpy(qw.variable_value())
     restore = []
-    restore_config = None
     try:
         for _, state in found:
             layer = state.get_owner()
@@ -377,10 +379,8 @@ def strip_quantization(model):
             for name in ("call", "_compute_attention"):
                 if name in vars(layer):
                     object.__delattr__(layer, name)
-        if "get_config" in vars(model):
-            restore_config = vars(model)["get_config"]
-            object.__delattr__(model, "get_config")
-        plain = state_lib.uncompiled_copy(model)
+        with saving.as_float_class(model):
+            plain = state_lib.uncompiled_copy(model)
     finally:
         for (_, state), (layer, call, _) in zip(found, restore):
             layer_state.set_tracked(layer, state_lib.STATE_ATTR, state)
@@ -396,8 +396,6 @@ def strip_quantization(model):
                         layer, state.attention_q, layer_state.is_training
                     ),
                 )
-        if restore_config is not None:
-            object.__setattr__(model, "get_config", restore_config)
     nodes = {node.path: node.layer for node in layer_tree.walk_layers(plain)}
     for (path, attr), value in values.items():
         if path not in nodes:

@@ -6,7 +6,7 @@ quantizers' variables (activation ranges, pruning masks: tracked, so ``fit``,
 ``save_weights``/checkpoints and distribution strategies carry them), and its
 ``call`` is replaced on the instance by one that swaps fake-quantized weights into
 the layer's weight attributes, wraps its activation function, runs the original
-``call`` and fake-quantizes the outputs.
+``call`` and fake-quantizes the outputs. ``saving.py`` makes such a model savable.
 """
 
 import contextlib
@@ -25,26 +25,35 @@ STATE_ATTR = "_llmopt_quantize_state"
 
 
 class _QuantizedWeight:
-    def __init__(self, name, storage_attr, variable, quantizer, mask, dense_view=None):
+    def __init__(self, name, storage_attr, variable, quantizer, mask, dense_view=None, scale=None):
         self.name = name
         self.storage_attr = storage_attr
         self.variable = variable
         self.quantizer = quantizer
         self.mask = mask
         self.dense_view = dense_view
+        self.scale = scale  # a folded output scale (WeightedLayerConfig.output_scale)
 
     def value(self, training):
-        """The fake-quantized weight (2-D ``(inputs, outputs)`` for a dense view)."""
+        """The fake-quantized weight (2-D ``(inputs, outputs)`` for a dense view).
+
+        With a folded ``scale`` this is the quantized ``scale * weight``.
+        """
         w = ops.convert_to_tensor(self.variable)
         if self.mask is not None:
             w = w * ops.cast(ops.convert_to_tensor(self.mask), w.dtype)
         if self.dense_view is not None:
             w = ops.reshape(w, (math.prod(w.shape[: self.dense_view[0]]), -1))
+        if self.scale is not None:
+            w = w * ops.cast(self.scale, w.dtype)
         return self.quantizer(w, training=training)
 
     def variable_value(self):
-        """The fake-quantized weight in the variable's shape (inference)."""
-        return ops.reshape(self.value(False), tuple(self.variable.shape))
+        """The fake-quantized weight in the variable's shape and scale (inference)."""
+        w = ops.reshape(self.value(False), tuple(self.variable.shape))
+        if self.scale is not None:
+            w = w / ops.cast(self.scale, w.dtype)
+        return w
 
 
 @keras.saving.register_keras_serializable(package="keras_llmopt")
@@ -70,17 +79,32 @@ class QuantizeState(keras.layers.Layer):
         object.__setattr__(self, "config", None)
         object.__setattr__(self, "_owner", lambda: None)
 
-    def setup(self, owner, config, path, preserve_sparsity=True):
-        """Resolves ``config`` against ``owner`` and creates the variables."""
+    def setup(self, owner, config, path, preserve_sparsity=True, masked=None):
+        """Resolves ``config`` against ``owner`` and creates the variables.
+
+        ``masked``: names of the weights that get a sparsity mask regardless of their
+        current zeros (a saved model being rebuilt; the masks' values are loaded).
+        """
         object.__setattr__(self, "config", config)
         object.__setattr__(self, "_owner", lambda: owner)
         weights = []
+        dense_view = getattr(config, "dense_view", None)
+        output_scale = getattr(config, "output_scale", None)
+        if output_scale is not None and dense_view is None:
+            raise ValueError(
+                f"QuantizeConfig of layer '{path}': output_scale is only supported for "
+                f"layers computed through dense_view. Received: output_scale={output_scale}, "
+                "dense_view=None"
+            )
         for i, (ref, quantizer) in enumerate(config.get_weights_and_quantizers(owner)):
             name, variable, attr = _resolve_weight(owner, ref, path)
             mask = None
-            if preserve_sparsity:
+            if masked is not None:
+                zeros = np.zeros(tuple(variable.shape), bool)
+            elif preserve_sparsity:
                 zeros = ops.convert_to_numpy(variable) == 0
-                if np.any(zeros):
+            if masked is not None or preserve_sparsity:
+                if (name in masked) if masked is not None else np.any(zeros):
                     mask = self.add_weight(
                         shape=tuple(variable.shape),
                         initializer="ones",
@@ -90,8 +114,10 @@ class QuantizeState(keras.layers.Layer):
                     )
                     mask.assign((~zeros).astype("float32"))
             quantizer.build(self, tuple(variable.shape), f"{name}_{i}")
-            dense_view = getattr(config, "dense_view", None)
-            weights.append(_QuantizedWeight(name, attr, variable, quantizer, mask, dense_view))
+            scale = output_scale if ref == getattr(config, "weight_name", None) else None
+            weights.append(
+                _QuantizedWeight(name, attr, variable, quantizer, mask, dense_view, scale)
+            )
         activations = []
         for i, (attr, quantizer) in enumerate(config.get_activations_and_quantizers(owner)):
             if not callable(getattr(owner, attr, None)):
@@ -191,10 +217,23 @@ def _einsum_as_dense(layer, x, kernel, dense_view, state, training):
     lead = list(shape[: len(x.shape) - n_in])
     out_dims = list(state.weights_q[0].variable.shape[n_in:])
     flat = ops.reshape(x, lead + [kernel.shape[0]])
-    y = ops.matmul(flat, ops.cast(kernel, flat.dtype))
+    kernel = ops.cast(kernel, flat.dtype)
+    if n_in == 1:
+        y = ops.matmul(flat, kernel)
+    else:
+        # Inputs flattened here (the attention output projection): an einsum with the
+        # batch axes spelled out, not ``matmul`` (a 2-D tensordot in TensorFlow, which
+        # the converter merges with this reshape into a FULLY_CONNECTED with a 2-D
+        # output that then meets the residual ADD by broadcasting, which LiteRT's
+        # int16 ADD in 16x8 mode refuses). "..." in the equation trains ~50x slower.
+        axes = "abcdefgh"[: len(lead)]
+        y = ops.einsum(f"{axes}i,io->{axes}o", flat, kernel)
     y = ops.reshape(y, lead + out_dims)
     if layer.bias is not None:
-        y = y + ops.cast(layer.bias, y.dtype)
+        bias = ops.cast(layer.bias, y.dtype)
+        if state.weights_q[0].scale is not None:
+            bias = bias * ops.cast(state.weights_q[0].scale, y.dtype)
+        y = y + bias
     activation = layer.activation
     if activation is not None and activation is not keras.activations.linear:
         for _, quantizer in state.activations_q:
@@ -214,8 +253,10 @@ def _quantize_outputs(outputs, quantizers, training):
     return quantizers[0](outputs, training=training)
 
 
-def install(layer, config, path, preserve_sparsity=True):
+def install(layer, config, path, preserve_sparsity=True, masked=None):
     """Quantizes ``layer`` in place with ``config``; returns its :class:`QuantizeState`.
+
+    ``masked``: see :meth:`QuantizeState.setup`.
 
     Raises:
         TypeError: ``config`` is not a :class:`QuantizeConfig`.
@@ -227,7 +268,7 @@ def install(layer, config, path, preserve_sparsity=True):
             f"Received: quantize_config={config!r}"
         )
     state = QuantizeState(name=f"{layer.name}_quantize_state", dtype="float32")
-    state.setup(layer, config, path, preserve_sparsity)
+    state.setup(layer, config, path, preserve_sparsity, masked)
     if state.is_empty:
         return state
     set_tracked(layer, STATE_ATTR, state)
@@ -237,8 +278,8 @@ def install(layer, config, path, preserve_sparsity=True):
         training = call_training(kwargs)
         with _swapped(layer, state, training):
             outputs = original(*args, **kwargs)
-        if state.config.quantize_outputs(layer, kwargs):
-            outputs = _quantize_outputs(outputs, state.outputs_q, training)
+        quantizers = state.config.select_output_quantizers(layer, kwargs, state.outputs_q)
+        outputs = _quantize_outputs(outputs, quantizers, training)
         return outputs
 
     dense_view = getattr(config, "dense_view", None)
