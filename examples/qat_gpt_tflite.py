@@ -6,7 +6,8 @@ its ranges are initialised by calibration, it is fine-tuned for ``--steps`` step
 exported with ``to_tflite(..., quantization="int8")``: every FULLY_CONNECTED and
 BATCH_MATMUL runs on int8 in LiteRT. The table compares it with the fp32 TFLite model
 (size, bits per byte on validation windows, 1- and 2-thread latency, as ratios).
-Optional rows: calibrated PTQ per method (``--ptq``), 16x8 QAT (``--int16``) and
+Optional rows: calibrated PTQ per method (``--ptq``), 16x8 QAT (``--int16``), 4-bit
+weight-only QAT exported with int4 weights (``--int4``) and
 weight clustering (``--clusters=16,256``).
 
     python examples/qat_gpt_tflite.py --steps=300 --out_dir=/tmp/gpt_qat
@@ -31,6 +32,9 @@ _WINDOWS = flags.DEFINE_integer("windows", 64, "Validation windows for bits per 
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed forward passes per latency figure.")
 _PTQ = flags.DEFINE_bool("ptq", False, "Add calibrated post-training int8 rows per method.")
 _INT16 = flags.DEFINE_bool("int16", False, "Add a 16x8 (int16 activations) QAT row.")
+_INT4 = flags.DEFINE_bool(
+    "int4", False, "Add a 4-bit weight-only QAT row exported with int4 weights."
+)
 _CLUSTERS = flags.DEFINE_list("clusters", [], "Cluster counts for weight-clustering rows.")
 
 
@@ -83,6 +87,10 @@ def main(argv):
         quantization.calibrate(q16, calib, method="minmax", num_batches=8)
         reference.train(q16, corpus, _STEPS.value, learning_rate=_LR.value, seed=1)
         reports["qat_16x8"] = tflite("qat_16x8", q16, "int16x8")
+    if _INT4.value:
+        q4 = quantization.quantize_model(model, scheme="4bit_weights")
+        reference.train(q4, corpus, _STEPS.value, learning_rate=_LR.value, seed=1)
+        reports["qat_w4_int4"] = tflite("qat_w4_int4", q4, "int4")
     if _PTQ.value:
         for method in ("minmax", "percentile", "mse", "entropy"):
             ptq = quantization.quantize_model(model)

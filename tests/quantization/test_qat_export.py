@@ -190,3 +190,48 @@ def test_weight_only_4bit_qat_model_exports_its_4bit_grid(trained_tiny, tmp_path
     assert kernels and all(k.dtype == np.int8 for k in kernels)
     # Each output channel holds at most the 15 levels of symmetric 4-bit weights.
     assert max(np.unique(row).size for k in kernels for row in k) <= 15
+
+
+@pytest.mark.parametrize(
+    "scheme, block_size", [("4bit_weights", None), ("4bit_weights_group32", 32)]
+)
+def test_4bit_qat_model_exports_int4_weights_on_its_grid(
+    scheme, block_size, trained_tiny, tiny_corpus, tmp_path
+):
+    q = _finetune(quantization.quantize_model(trained_tiny, scheme=scheme), tiny_corpus, steps=4)
+    path = tmp_path / "w4.tflite"
+    report = export.to_tflite(q, path, quantization="int4")  # verified by default
+    assert any("int4 weights" in note for note in report.notes), report.notes
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    flat = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
+    graph = flat.subgraphs[0]
+    kernels = [
+        graph.tensors[op.inputs[1]]
+        for op in graph.operators
+        if flat.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.FULLY_CONNECTED
+    ]
+    assert kernels and {k.type for k in kernels} == {schema.TensorType.INT4}
+    for k in kernels:
+        rows, inputs = k.shape
+        assert len(flat.buffers[k.buffer].data) == rows * inputs // 2  # packed 4-bit
+        if block_size is None:  # one scale per output channel, like the scheme
+            assert len(k.quantization.scale) == rows
+        else:  # one per block of input rows, like the scheme's groups
+            assert k.quantization.details.blockSize == block_size
+    # Trained on the same grid: the artifact scores like the Keras QAT model.
+    keras_bpb = reference.evaluate(q, tiny_corpus, num_windows=16).bpb
+    tflite_bpb = reference.evaluate(str(path), tiny_corpus, num_windows=16).bpb
+    assert abs(tflite_bpb - keras_bpb) < 0.02, (keras_bpb, tflite_bpb)
+    int8_size = export.to_tflite(q, tmp_path / "w8.tflite", "dynamic_int8").size_bytes
+    assert report.size_bytes < int8_size
+
+
+def test_int4_refuses_activation_quantized_models_and_bad_block_sizes(qat_tiny, tmp_path):
+    with pytest.raises(ValueError, match="activation ranges"):
+        export.to_tflite(qat_tiny, tmp_path / "a.tflite", quantization="int4")
+    with pytest.raises(ValueError, match=r"block_size.*\[32, 64, 128, 256\]"):
+        export.to_tflite(qat_tiny, tmp_path / "b.tflite", quantization="int4", block_size=48)
+    with pytest.raises(ValueError, match="only used by quantization='int4'"):
+        export.to_tflite(qat_tiny, tmp_path / "c.tflite", block_size=32)
+    assert not list(tmp_path.iterdir())

@@ -37,7 +37,7 @@ FORMAT = flags.DEFINE_enum(
 QUANTIZATION = flags.DEFINE_enum(
     "export_quantization",
     "none",
-    ["none", "float16", "dynamic_int8", "int8", "int16x8"],
+    ["none", "float16", "dynamic_int8", "int8", "int16x8", "int4"],
     "TFLite quantization mode (int8/int16x8 calibrate on training windows of the corpus).",
 )
 BATCH_SIZE = flags.DEFINE_integer(

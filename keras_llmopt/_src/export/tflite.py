@@ -7,12 +7,13 @@ from keras_llmopt._src.export import (
     common,
     compact,
     files,
+    int4,
     report,
     runtime,
     signature,
 )
 
-QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8", "int16x8")
+QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8", "int16x8", "int4")
 _CALIBRATED = ("int8", "int16x8")
 
 
@@ -29,6 +30,7 @@ def to_tflite(
     tolerance=None,
     verification_data=None,
     compact_file=True,
+    block_size=None,
 ):
     """Converts a Keras model to a ``.tflite`` file and proves it against the model.
 
@@ -57,8 +59,13 @@ def to_tflite(
           attention mask's -3.4e38 fill ruins the softmax input's int16 scale; ops
           without 16x8 kernels (NEG, SELECT_V2) stay in float.
 
+        * ``"int4"``: int4 weights (per output channel, or per ``block_size`` input
+          rows), float activations quantized on the fly for the integer matmuls: the
+          fp32 file requantized by LiteRT's AI Edge Quantizer (see ``int4.py``).
+
     A weight-only quantization-aware model (``"4bit_weights*"`` schemes) is exported
-    through ``strip_quantization``: its dequantized weights, in any mode.
+    through ``strip_quantization``: its dequantized weights, in any mode; with
+    ``"int4"`` and no ``block_size``, in its scheme's groups.
 
     Default tolerances per mode are in ``verification.DEFAULT_TOLERANCES`` (float32:
     max abs error <= 1e-3 + 1e-3 * max|output|, top-1 >= 0.99; float16: 0.05 + 0.02 *
@@ -85,6 +92,8 @@ def to_tflite(
         verification_data: Inputs to verify on: token ids ``(B, T)``, a dict, or a
             tuple ``(inputs, targets)`` to also compare bits per byte (default: 4
             random rows of valid token ids).
+        block_size: ``"int4"`` only: input rows per weight scale (32, 64, 128, 256)
+            instead of one scale per output channel.
         compact_file: Rewrite the converter's flatbuffer losslessly smaller
             (``compact.compact_tflite``): identical quantization and shape vectors
             stored once (per-channel weights' int64 zero points are all zero) and
@@ -119,6 +128,12 @@ def to_tflite(
             "`representative_dataset` is only used by quantization='int8' or 'int16x8'. "
             f"Received: quantization={quantization!r} with a representative_dataset"
         )
+    int4.check_block_size(block_size)
+    if block_size is not None and quantization != "int4":
+        raise ValueError(
+            "`block_size` is only used by quantization='int4'. "
+            f"Received: block_size={block_size!r} with quantization={quantization!r}"
+        )
     mode = quantization or "float32"
     if tolerance is not None:
         from keras_llmopt._src.export.verification import resolve_tolerance
@@ -126,6 +141,8 @@ def to_tflite(
         resolve_tolerance(mode, tolerance)
 
     notes = []
+    if quantization == "int4" and block_size is None:
+        block_size = int4.scheme_block_size(model)
     model, weight_only = _dequantized_if_weight_only(model)
     if weight_only:
         notes.append(
@@ -142,6 +159,13 @@ def to_tflite(
     logging.info("to_tflite: tracing %s with inputs %s", model.name, [s.shape for s in specs])
     frozen = signature.frozen_function(signature.serving_function(model, specs, is_dict))
     is_qat = signature.has_fake_quant(frozen)
+    if quantization == "int4" and is_qat:
+        raise ValueError(
+            "quantization='int4' stores weights only and keeps activations float, but this "
+            "model is quantization-aware with activation ranges. Export it with 'int8' / "
+            "'int16x8', or quantize with a weight-only scheme ('4bit_weights*'). Received: "
+            f"scheme={getattr(getattr(model, 'quantize_report', None), 'scheme', None)!r}"
+        )
     if quantization in _CALIBRATED and representative_dataset is None and not is_qat:
         raise ValueError(
             f"quantization={quantization!r} needs calibration: pass representative_dataset="
@@ -161,7 +185,7 @@ def to_tflite(
     converter = _converter(
         model,
         frozen,
-        quantization,
+        None if quantization == "int4" else quantization,
         representative_dataset,
         specs,
         is_dict,
@@ -177,6 +201,10 @@ def to_tflite(
             f"to_tflite: the TFLite converter failed for quantization={quantization!r}, "
             f"sparse={sparse}: {error}"
         ) from error
+    if quantization == "int4":
+        content = int4.quantize_weights_int4(content, block_size)
+        granularity = "per output channel" if block_size is None else f"blocks of {block_size}"
+        notes.append(f"int4 weights ({granularity}) by the AI Edge Quantizer")
     compaction = None
     if compact_file:
         content, compaction = compact.compact_tflite(content)

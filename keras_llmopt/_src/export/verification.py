@@ -16,6 +16,7 @@ DEFAULT_TOLERANCES = {
     "dynamic_int8": {"atol": None, "rtol": None, "top1": 0.90, "bpb": 0.03},
     "int8": {"atol": None, "rtol": None, "top1": 0.90, "bpb": 0.10},
     "int16x8": {"atol": None, "rtol": None, "top1": 0.95, "bpb": 0.05},
+    "int4": {"atol": None, "rtol": None, "top1": 0.85, "bpb": 0.10},
 }
 TOLERANCE_KEYS = ("atol", "rtol", "top1", "bpb")
 

@@ -32,7 +32,7 @@ _TARGETING = {
 }
 CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
 EXPORT_FORMATS = ("tflite", "onnx", "saved_model")
-TFLITE_QUANTIZATION = ("none", "float16", "dynamic_int8", "int8", "int16x8")
+TFLITE_QUANTIZATION = ("none", "float16", "dynamic_int8", "int8", "int16x8", "int4")
 
 STAGE_SCHEMAS = {
     # Magnitude pruning with a schedule, fine-tuned on the corpus (UpdatePruningStep).

@@ -1,0 +1,86 @@
+"""Int4 weights in a ``.tflite``: LiteRT's AI Edge Quantizer on the converter's fp32 file.
+
+The TFLite converter has no 4-bit weight mode (and cannot read sub-8-bit fake
+quantization), so ``to_tflite(..., quantization="int4")`` converts to fp32 first and
+lets the AI Edge Quantizer store the weights of every op it supports (fully-connected
+layers; a GATHER embedding table stays float) as symmetric int4, per output channel or
+in blocks of input rows. Activations stay float and are quantized on the fly for the integer matmuls
+(its "dynamic" recipe). From a 4-bit quantization-aware model (``"4bit_weights*"``
+schemes, exported through its dequantized weights) the same granularity is used, so
+the weights land on the grid they were trained on.
+"""
+
+import contextlib
+import io
+
+BLOCK_SIZES = (32, 64, 128, 256)
+
+
+def check_block_size(block_size):
+    """Raises ``ValueError`` unless ``block_size`` is ``None`` or a supported block size.
+
+    Example:
+        >>> check_block_size(32)
+    """
+    if block_size is not None and (isinstance(block_size, bool) or block_size not in BLOCK_SIZES):
+        raise ValueError(
+            "`block_size` must be None (one scale per output channel) or one of "
+            f"{list(BLOCK_SIZES)}. Received: block_size={block_size!r}"
+        )
+
+
+def quantize_weights_int4(content, block_size=None):
+    """Returns ``content`` (an fp32 ``.tflite``) with int4 weights.
+
+    Args:
+        content: The fp32 flatbuffer's bytes.
+        block_size: ``None`` for one scale per output channel, else the number of
+            input rows sharing a scale (``BLOCK_SIZES``).
+
+    Returns:
+        The quantized flatbuffer's bytes.
+
+    Example:
+        >>> import numpy as np, tensorflow as tf
+        >>> w = tf.constant(np.random.default_rng(0).normal(size=(64, 32)), tf.float32)
+        >>> f = tf.function(lambda x: tf.matmul(x, w),
+        ...                 input_signature=[tf.TensorSpec((1, 64), tf.float32)])
+        >>> fp32 = tf.lite.TFLiteConverter.from_concrete_functions(
+        ...     [f.get_concrete_function()], f).convert()
+        >>> len(quantize_weights_int4(fp32)) < len(fp32) / 4
+        True
+    """
+    check_block_size(block_size)
+    from ai_edge_quantizer import quantizer, recipe
+
+    granularity = (
+        recipe.QuantGranularity.CHANNELWISE
+        if block_size is None
+        else getattr(recipe.QuantGranularity, f"BLOCKWISE_{block_size}")
+    )
+    manager = recipe.recipe_manager.RecipeManager()
+    manager.add_dynamic_config(
+        regex=".*",
+        operation_name=recipe.TFLOperationName.ALL_SUPPORTED,
+        num_bits=4,
+        granularity=granularity,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints sizes and timings
+        result = quantizer.Quantizer(bytes(content), manager.get_quantization_recipe()).quantize()
+    return bytes(result.quantized_model)
+
+
+def scheme_block_size(model):
+    """The group size of a weight-only 4-bit QAT model's scheme (``None``: per channel).
+
+    Example:
+        >>> import keras
+        >>> scheme_block_size(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    """
+    from keras_llmopt._src.quantization import state as state_lib
+
+    for _, state in state_lib.states(model):
+        scheme = getattr(state.config, "scheme", None)
+        if scheme is not None and scheme.weight_bits == 4:
+            return scheme.weight_group_size
+    return None
