@@ -234,4 +234,6 @@ def test_int4_refuses_activation_quantized_models_and_bad_block_sizes(qat_tiny, 
         export.to_tflite(qat_tiny, tmp_path / "b.tflite", quantization="int4", block_size=48)
     with pytest.raises(ValueError, match="only used by quantization='int4'"):
         export.to_tflite(qat_tiny, tmp_path / "c.tflite", block_size=32)
+    with pytest.raises(ValueError, match="sparse=True with quantization='int4'"):
+        export.to_tflite(qat_tiny, tmp_path / "d.tflite", quantization="int4", sparse=True)
     assert not list(tmp_path.iterdir())

@@ -129,6 +129,11 @@ def to_tflite(
             f"Received: quantization={quantization!r} with a representative_dataset"
         )
     int4.check_block_size(block_size)
+    if sparse and quantization == "int4":
+        raise ValueError(
+            "quantization='int4' packs weights two to a byte and cannot also store them "
+            "sparsely. Received: sparse=True with quantization='int4'"
+        )
     if block_size is not None and quantization != "int4":
         raise ValueError(
             "`block_size` is only used by quantization='int4'. "
