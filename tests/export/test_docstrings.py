@@ -6,6 +6,7 @@ MODULES = [
     "keras_llmopt.export",
     "keras_llmopt._src.export.common",
     "keras_llmopt._src.export.files",
+    "keras_llmopt._src.export.int4",
     "keras_llmopt._src.export.onnx_export",
     "keras_llmopt._src.export.report",
     "keras_llmopt._src.export.runtime",
