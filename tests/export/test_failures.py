@@ -9,7 +9,7 @@ from keras_llmopt import export
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"quantization": "int4"}, r"Received: quantization='int4'; accepted: \[None, 'float16'"),
+        ({"quantization": "int2"}, r"Received: quantization='int2'; accepted: \[None, 'float16'"),
         ({"batch_size": 0}, "Received: batch_size=0"),
         ({"sequence_length": -3}, "Received: sequence_length=-3"),
         ({"quantization": "int8"}, "needs calibration: pass representative_dataset"),

@@ -46,7 +46,7 @@ def test_defaults_are_filled_and_round_trip():
         ([{"prune": {"m_by_n": [4, 2]}}], "key `m_by_n`", "m must be below n"),
         ([{"prune": {"block_size": [1]}}], "key `block_size`", "two positive integers"),
         ([{"prune": {"targets": [3]}}], "key `targets`", "layer path pattern"),
-        ([{"export": {"format": "tflite", "quantization": "int4"}}], "key `quantization`", "int8"),
+        ([{"export": {"format": "tflite", "quantization": "int2"}}], "key `quantization`", "int8"),
         ([{"export": {"format": "onnx", "sparse": True}}], "stage 0 (export)", "'tflite' only"),
         ([{"export": {"name": "../x"}}], "key `name`", "not a path"),
         ([{"export": {"verify": "yes"}}], "key `verify`", "true or false"),
