@@ -68,19 +68,3 @@ def quantize_weights_int4(content, block_size=None):
     with contextlib.redirect_stdout(io.StringIO()):  # it prints sizes and timings
         result = quantizer.Quantizer(bytes(content), manager.get_quantization_recipe()).quantize()
     return bytes(result.quantized_model)
-
-
-def scheme_block_size(model):
-    """The group size of a weight-only 4-bit QAT model's scheme (``None``: per channel).
-
-    Example:
-        >>> import keras
-        >>> scheme_block_size(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
-    """
-    from keras_llmopt._src.quantization import state as state_lib
-
-    for _, state in state_lib.states(model):
-        scheme = getattr(state.config, "scheme", None)
-        if scheme is not None and scheme.weight_bits == 4:
-            return scheme.weight_group_size
-    return None

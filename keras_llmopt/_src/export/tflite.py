@@ -146,14 +146,14 @@ def to_tflite(
         resolve_tolerance(mode, tolerance)
 
     notes = []
-    if quantization == "int4" and block_size is None:
-        block_size = int4.scheme_block_size(model)
     model, weight_only = _dequantized_if_weight_only(model)
     if weight_only:
         notes.append(
-            f"weight-only quantization-aware model ({weight_only}): exported its dequantized "
-            "weights (strip_quantization), stored at this mode's precision"
+            f"weight-only quantization-aware model ({weight_only.name}): exported its "
+            "dequantized weights (strip_quantization), stored at this mode's precision"
         )
+        if quantization == "int4" and block_size is None:
+            block_size = weight_only.weight_group_size
     specs, is_dict = signature.input_specs(model, sequence_length, batch_size)
     if any(None in s.shape for s in specs):
         raise ValueError(
@@ -266,16 +266,21 @@ def _dequantized_if_weight_only(model):
     Weight-only schemes (``"4bit_weights*"``) put fake-quantized weights in the graph
     and nothing else; the converter cannot read sub-8-bit fake quantization (a 4-bit
     embedding table fails in GATHER), and the dequantized weights compute the same.
+    The scheme is the first quantized layer's (a ``QuantizeScheme``; custom configs
+    without one count as an 8-bit per-channel ``"weight-only"`` scheme).
     """
     from keras_llmopt._src.quantization import state as state_lib
+    from keras_llmopt._src.quantization.schemes import QuantizeScheme
 
     found = state_lib.states(model)
     if not found or any(s.activations_q or s.outputs_q or s.attention_q for _, s in found):
         return model, None
     from keras_llmopt._src.quantization.quantize import strip_quantization
 
-    report = getattr(model, "quantize_report", None)
-    return strip_quantization(model), getattr(report, "scheme", "weight-only")
+    scheme = getattr(found[0][1].config, "scheme", None)
+    if not isinstance(scheme, QuantizeScheme):
+        scheme = QuantizeScheme(name="weight-only", activation_bits=None)
+    return strip_quantization(model), scheme
 
 
 def _converter(model, frozen, quantization, data, specs, is_dict, batch_size, sparse, is_qat):

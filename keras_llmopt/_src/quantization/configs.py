@@ -270,12 +270,7 @@ class EmbeddingConfig(_SchemeConfig):
             quantizers.append(_activation_quantizer(self.scheme))
         return quantizers
 
-    def quantize_outputs(self, layer, call_kwargs):
-        return bool(call_kwargs.get("reverse", False)) or self._requantizes_lookup()
-
     def select_output_quantizers(self, layer, call_kwargs, quantizers):
-        if not quantizers:
-            return []
         if call_kwargs.get("reverse", False):
             return quantizers[-1:] if _takes_reverse(layer) else []
         return quantizers[:1] if self._requantizes_lookup() else []
@@ -336,7 +331,7 @@ for _name in ("RMSNormalization", "GroupNormalization", "BatchNormalization", "U
         _NORM_TYPES.append(getattr(keras.layers, _name))
 _MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Average)
 
-# (layer type, factory(layer, scheme) -> config or None); last registered match wins.
+# (matches(layer) -> bool, factory(layer, scheme) -> config or None); last match wins.
 _DEFAULTS = []
 
 
@@ -358,7 +353,21 @@ def register_default_config(layer_type, factory):
         )
     if not callable(factory):
         raise TypeError(f"`factory` must be callable. Received: factory={factory!r}")
-    _DEFAULTS.append((layer_type, factory))
+    _DEFAULTS.append((lambda layer: isinstance(layer, layer_type), factory))
+
+
+def _in_class_hierarchy(module, name):
+    """Matches layers with a class ``name`` from ``module`` among their bases.
+
+    For optional libraries' layers (KerasHub), which need not be imported here.
+    """
+
+    def matches(layer):
+        return any(
+            c.__name__ == name and c.__module__.startswith(module) for c in type(layer).__mro__
+        )
+
+    return matches
 
 
 def _register_builtin():
@@ -382,6 +391,12 @@ def _register_builtin():
         register_default_config(
             layer_type, lambda layer, s: OutputConfig(s) if s.activation_bits else None
         )
+    _DEFAULTS.append(
+        (
+            _in_class_hierarchy("keras_hub", "PositionEmbedding"),
+            lambda layer, s: EmbeddingConfig(s, weight_name="position_embeddings"),
+        )
+    )
     register_default_config(
         keras.layers.MultiHeadAttention,
         lambda layer, s: AttentionConfig(s) if s.activation_bits else None,
@@ -389,22 +404,6 @@ def _register_builtin():
 
 
 _register_builtin()
-
-# Defaults for optional libraries' layers, matched by (module prefix, class name) in
-# the layer's class hierarchy so that the library need not be imported here.
-_NAMED_DEFAULTS = {
-    ("keras_hub", "PositionEmbedding"): lambda layer, s: EmbeddingConfig(
-        s, weight_name="position_embeddings"
-    ),
-}
-
-
-def _named_default(layer):
-    for cls in type(layer).__mro__:
-        for (module, name), factory in _NAMED_DEFAULTS.items():
-            if cls.__name__ == name and cls.__module__.startswith(module):
-                return factory
-    return None
 
 
 def attention_value_operands(layers):
@@ -488,13 +487,12 @@ def fold_query_scales(layer_configs):
 
 def default_config(layer, scheme):
     """The default config for ``layer`` under ``scheme``, or ``None``."""
-    for layer_type, factory in reversed(_DEFAULTS):
-        if isinstance(layer, layer_type):
+    for matches, factory in reversed(_DEFAULTS):
+        if matches(layer):
             return factory(layer, scheme)
-    factory = _named_default(layer)
-    return None if factory is None else factory(layer, scheme)
+    return None
 
 
 def has_default(layer):
     """Whether a default config is registered for ``layer``'s type."""
-    return any(isinstance(layer, t) for t, _ in _DEFAULTS) or _named_default(layer) is not None
+    return any(matches(layer) for matches, _ in _DEFAULTS)

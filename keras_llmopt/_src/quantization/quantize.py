@@ -374,7 +374,7 @@ def strip_quantization(model):
     try:
         for _, state in found:
             layer = state.get_owner()
-            restore.append((layer, vars(layer).get("call"), vars(layer).get("get_config")))
+            restore.append((layer, vars(layer).get("call")))
             layer_state.set_tracked(layer, state_lib.STATE_ATTR, None)
             for name in ("call", "_compute_attention"):
                 if name in vars(layer):
@@ -382,7 +382,7 @@ def strip_quantization(model):
         with saving.as_float_class(model):
             plain = state_lib.uncompiled_copy(model)
     finally:
-        for (_, state), (layer, call, _) in zip(found, restore):
+        for (_, state), (layer, call) in zip(found, restore):
             layer_state.set_tracked(layer, state_lib.STATE_ATTR, state)
             if call is not None:
                 object.__setattr__(layer, "call", call)

@@ -16,6 +16,8 @@ Custom ``QuantizeConfig`` classes must be registered
 loading, as in tfmot.
 """
 
+import contextlib
+
 import keras
 from keras.src.saving import object_registration, serialization_lib
 
@@ -135,6 +137,7 @@ def make_saveable(model):
     return model
 
 
+@contextlib.contextmanager
 def as_float_class(model):
     """Context manager: ``model`` has its float class inside (for copies that strip it).
 
@@ -144,18 +147,12 @@ def as_float_class(model):
         ...     type(m).__name__
         'Sequential'
     """
-    import contextlib
-
-    @contextlib.contextmanager
-    def scope():
-        current = type(model)
-        object.__setattr__(model, "__class__", float_class(model))
-        try:
-            yield model
-        finally:
-            object.__setattr__(model, "__class__", current)
-
-    return scope()
+    current = type(model)
+    object.__setattr__(model, "__class__", float_class(model))
+    try:
+        yield model
+    finally:
+        object.__setattr__(model, "__class__", current)
 
 
 def _find_layer(layers, record):

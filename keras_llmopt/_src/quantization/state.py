@@ -99,20 +99,16 @@ class QuantizeState(keras.layers.Layer):
         for i, (ref, quantizer) in enumerate(config.get_weights_and_quantizers(owner)):
             name, variable, attr = _resolve_weight(owner, ref, path)
             mask = None
-            if masked is not None:
-                zeros = np.zeros(tuple(variable.shape), bool)
-            elif preserve_sparsity:
-                zeros = ops.convert_to_numpy(variable) == 0
-            if masked is not None or preserve_sparsity:
-                if (name in masked) if masked is not None else np.any(zeros):
-                    mask = self.add_weight(
-                        shape=tuple(variable.shape),
-                        initializer="ones",
-                        trainable=False,
-                        aggregation="only_first_replica",
-                        name=f"{name}_mask",
-                    )
-                    mask.assign((~zeros).astype("float32"))
+            keep = _mask_values(name, variable, preserve_sparsity, masked)
+            if keep is not None:
+                mask = self.add_weight(
+                    shape=tuple(variable.shape),
+                    initializer="ones",
+                    trainable=False,
+                    aggregation="only_first_replica",
+                    name=f"{name}_mask",
+                )
+                mask.assign(keep)
             quantizer.build(self, tuple(variable.shape), f"{name}_{i}")
             scale = output_scale if ref == getattr(config, "weight_name", None) else None
             weights.append(
@@ -161,6 +157,20 @@ class QuantizeState(keras.layers.Layer):
 
     def call(self, *args, **kwargs):
         raise RuntimeError("QuantizeState holds variables only; it is not meant to be called.")
+
+
+def _mask_values(name, variable, preserve_sparsity, masked):
+    """The 0/1 sparsity mask a weight gets, or ``None`` for no mask.
+
+    ``masked`` (a rebuilt saved model) names the weights that had one; their values
+    are loaded afterwards. Otherwise a weight with exact zeros keeps them.
+    """
+    if masked is not None:
+        return np.ones(tuple(variable.shape), "float32") if name in masked else None
+    if not preserve_sparsity:
+        return None
+    zeros = ops.convert_to_numpy(variable) == 0
+    return (~zeros).astype("float32") if np.any(zeros) else None
 
 
 def _resolve_weight(owner, ref, path):
