@@ -4,7 +4,7 @@ Shared by in-place pruning, quantization and clustering, which all patch a
 user's layer on a copy of the model.
 """
 
-from keras.src.backend.common import global_state
+from keras_llmopt._src.core import keras_compat
 
 
 def is_training(training):
@@ -31,11 +31,7 @@ def call_training(kwargs):
     """
     training = kwargs.get("training")
     if training is None:
-        context = global_state.get_global_attribute("current_call_ctx")
-        if context is not None and hasattr(context, "get_value"):
-            training = context.get_value("training")
-        else:
-            training = getattr(context, "training", None)
+        training = keras_compat.current_call_training()
     return is_training(training)
 
 
@@ -53,27 +49,16 @@ def set_tracked(layer, name, value):
         >>> hasattr(layer, "extra")
         False
     """
-    tracker = getattr(layer, "_tracker", None)
-    was_locked = bool(tracker is not None and tracker.locked)
-    if was_locked:
-        tracker.unlock()
-    try:
+    with keras_compat.unlocked_tracker(layer):
+        sublayers = keras_compat.tracked_sublayers(layer)
         if value is None:
             old = getattr(layer, name)
             delattr(layer, name)
-            sublayers = getattr(layer, "_layers", [])
             for i, sub in enumerate(list(sublayers)):
                 if sub is old:
                     del sublayers[i]
                     break
         else:
             setattr(layer, name, value)
-            sublayers = getattr(layer, "_layers", None)
-            if sublayers is not None and not any(sub is value for sub in sublayers):
+            if not any(sub is value for sub in sublayers):
                 sublayers.append(value)  # the tracker skips objects it has seen before
-    finally:
-        if was_locked:
-            tracker.lock(
-                "You cannot add new elements of state (variables or sub-layers) to a layer "
-                "that is already built."
-            )

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import keras
 
+from keras_llmopt._src.core import keras_compat
+
 InputAxesFn = Callable[[keras.layers.Layer, tuple], tuple]
 
 
@@ -62,8 +64,7 @@ class WeightRef:
 
 
 def _children(layer):
-    # `_flatten_layers` is Keras 3's own traversal (tracked sublayers, in order).
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    return keras_compat.child_layers(layer)
 
 
 def walk_layers(model) -> Iterator[LayerNode]:
@@ -198,11 +199,9 @@ def register_weights(
 
 
 def _register_defaults():
-    from keras.src.layers.convolutional.base_conv import BaseConv
-
     register_weights(keras.layers.Dense, ["kernel"], _dense_input_axes)
     register_weights(keras.layers.EinsumDense, ["kernel"], _einsum_input_axes)
-    register_weights(BaseConv, ["kernel"], _conv_input_axes)
+    register_weights(keras_compat.BaseConv, ["kernel"], _conv_input_axes)
     register_weights(keras.layers.Embedding, ["embeddings"], _embedding_input_axes)
 
 

@@ -20,11 +20,12 @@ The same (finite) fill is what the exported graph contains.
 
 from keras import ops
 
+from keras_llmopt._src.core.keras_compat import attention_internals as internals
 from keras_llmopt._src.quantization.layer_quantizers import fake_quant_range
 
 
 def _expand_mask(layer, scores, mask):
-    mask_expansion_axis = -len(layer._attention_axes) * 2 - 1
+    mask_expansion_axis = -len(internals.attention_axes(layer)) * 2 - 1
     for _ in range(len(scores.shape) - len(mask.shape)):
         mask = ops.expand_dims(mask, axis=mask_expansion_axis)
     return ops.cast(mask, "bool")
@@ -53,16 +54,18 @@ def make_compute_attention(layer, quantizers, is_training):
     ):
         train = is_training(training)
         if use_causal_mask:
-            causal = layer._compute_causal_mask(query, value)
+            causal = internals.causal_mask(layer, query, value)
             attention_mask = (
                 causal
                 if attention_mask is None
                 else ops.logical_and(ops.cast(attention_mask, "bool"), causal)
             )
         if "query" in quantizers:  # else the query projection applied the scale
-            query = ops.multiply(query, ops.cast(layer._inverse_sqrt_key_dim, query.dtype))
+            query = ops.multiply(
+                query, ops.cast(internals.inverse_sqrt_key_dim(layer), query.dtype)
+            )
             query = quantizers["query"](query, training=train)
-        scores = ops.einsum(layer._dot_product_equation, key, query)
+        scores = ops.einsum(internals.dot_product_equation(layer), key, query)
         score_q = quantizers["scores"]
         if attention_mask is not None:
             mask = _expand_mask(layer, scores, attention_mask)
@@ -75,15 +78,15 @@ def make_compute_attention(layer, quantizers, is_training):
             scores = fake_quant_range(scores, lo, hi, score_q.num_bits, score_q.symmetric)
         else:
             scores = score_q(scores, training=train)
-        if len(layer._attention_axes) == 1:
+        if len(internals.attention_axes(layer)) == 1:
             probs = ops.softmax(scores, axis=-1)
         else:
-            probs = layer._softmax(scores)
+            probs = internals.softmax(layer, scores)
         probs = quantizers["probs"](probs, training=train)
         final = probs
-        if layer._dropout > 0.0:
-            final = layer._dropout_layer(probs, training=training)
-        output = ops.einsum(layer._combine_equation, final, value)
+        if internals.dropout_rate(layer) > 0.0:
+            final = internals.dropout(layer, probs, training)
+        output = ops.einsum(internals.combine_equation(layer), final, value)
         output = quantizers["output"](output, training=train)
         return output, probs
 

@@ -21,6 +21,7 @@ import re
 
 import keras
 
+from keras_llmopt._src.core import keras_compat
 from keras_llmopt._src.quantization.layer_quantizers import (
     ActivationQuantizer,
     FixedRangeQuantizer,
@@ -371,8 +372,6 @@ def _in_class_hierarchy(module, name):
 
 
 def _register_builtin():
-    from keras.src.layers.convolutional.base_conv import BaseConv
-
     # Dense and dense-like EinsumDense are computed by the quantized call itself (no
     # weight swap around the original call while an observer updates: under
     # MirroredStrategy an update is a merge_call, where replica threads interleave).
@@ -385,7 +384,7 @@ def _register_builtin():
             s, output_axes=einsum_output_axes(layer), dense_view=einsum_dense_view(layer)
         ),
     )
-    register_default_config(BaseConv, lambda layer, s: WeightedLayerConfig(s))
+    register_default_config(keras_compat.BaseConv, lambda layer, s: WeightedLayerConfig(s))
     register_default_config(keras.layers.Embedding, lambda layer, s: EmbeddingConfig(s))
     for layer_type in (*_NORM_TYPES, *_MERGE_TYPES):
         register_default_config(
@@ -418,10 +417,10 @@ def attention_value_operands(layers):
     """
     found = set()
     for layer in layers:
-        for attr in ("_key_dense", "_value_dense"):
-            sub = getattr(layer, attr, None)
-            if isinstance(sub, keras.layers.Layer):
-                found.add(id(sub))
+        projections = keras_compat.attention_internals.projections(layer)
+        for name in ("key", "value"):
+            if name in projections:
+                found.add(id(projections[name]))
     return found
 
 
@@ -454,7 +453,7 @@ def fold_query_scales(layer_configs):
         >>> mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)
         >>> _ = mha(keras.ops.ones((1, 4, 8)), keras.ops.ones((1, 4, 8)))
         >>> pairs = [(layer, default_config(layer, scheme), True)
-        ...          for layer in (mha, mha._query_dense)]
+        ...          for layer in (mha, keras_compat.attention_internals.projections(mha)["query"])]
         >>> fold_query_scales(pairs), pairs[1][1].output_scale
         (1, 0.25)
     """
@@ -468,7 +467,7 @@ def fold_query_scales(layer_configs):
             and not config.query_scaled
         ):
             continue
-        query = getattr(layer, "_query_dense", None)
+        query = keras_compat.attention_internals.projections(layer).get("query")
         query_config, is_default = by_id.get(id(query), (None, False))
         if not (
             is_default
@@ -478,7 +477,9 @@ def fold_query_scales(layer_configs):
             and getattr(query, "activation", None) in (None, keras.activations.linear)
         ):
             continue
-        query_config.output_scale = float(layer._inverse_sqrt_key_dim)
+        query_config.output_scale = float(
+            keras_compat.attention_internals.inverse_sqrt_key_dim(layer)
+        )
         query_config.symmetric_output = True
         config.query_scaled = True
         folded += 1

@@ -14,7 +14,7 @@ import dataclasses
 import keras
 from absl import logging
 
-from keras_llmopt._src.core import layer_state, layer_tree, targeting
+from keras_llmopt._src.core import keras_compat, layer_state, layer_tree, targeting
 from keras_llmopt._src.quantization import configs as configs_lib
 from keras_llmopt._src.quantization import saving
 from keras_llmopt._src.quantization import schemes as schemes_lib
@@ -55,9 +55,7 @@ class QuantizeReport:
 
 
 def _own_weights(layer):
-    return list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    )
+    return keras_compat.own_variables(layer)
 
 
 def _check_model(model, what):
@@ -376,7 +374,7 @@ def strip_quantization(model):
             layer = state.get_owner()
             restore.append((layer, vars(layer).get("call")))
             layer_state.set_tracked(layer, state_lib.STATE_ATTR, None)
-            for name in ("call", "_compute_attention"):
+            for name in ("call", keras_compat.COMPUTE_ATTENTION_ATTR):
                 if name in vars(layer):
                     object.__delattr__(layer, name)
         with saving.as_float_class(model):
@@ -391,7 +389,7 @@ def strip_quantization(model):
 
                 object.__setattr__(
                     layer,
-                    "_compute_attention",
+                    keras_compat.COMPUTE_ATTENTION_ATTR,
                     attention_lib.make_compute_attention(
                         layer, state.attention_q, layer_state.is_training
                     ),

@@ -19,9 +19,8 @@ loading, as in tfmot.
 import contextlib
 
 import keras
-from keras.src.saving import object_registration, serialization_lib
 
-from keras_llmopt._src.core import layer_tree
+from keras_llmopt._src.core import keras_compat, layer_tree
 from keras_llmopt._src.quantization import state as state_lib
 
 SAVED_NAME = "keras_llmopt>QuantizedModel"
@@ -47,12 +46,7 @@ def float_class(model):
 def _float_config(model):
     base = float_class(model)
     inner = base.get_config(model)
-    config = serialization_lib.serialize_with_public_class(base, inner) or {
-        "module": base.__module__,
-        "class_name": base.__name__,
-        "config": inner,
-        "registered_name": object_registration.get_registered_name(base),
-    }
+    config = keras_compat.public_class_config(base, inner)
     build_config = model.get_build_config()
     if build_config:
         config["build_config"] = build_config
@@ -111,7 +105,7 @@ def _quantized_class(base):
                 _FLOAT_CLASS_ATTR: base,
             },
         )
-        object_registration.GLOBAL_CUSTOM_NAMES[cls] = SAVED_NAME
+        keras_compat.register_serialized_name(cls, SAVED_NAME)
         _QUANTIZED_CLASSES[base] = cls
     return cls
 

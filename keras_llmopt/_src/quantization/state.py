@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_llmopt._src.core import layer_tree
+from keras_llmopt._src.core import keras_compat, layer_tree
 from keras_llmopt._src.core.layer_state import call_training, is_training, set_tracked
 from keras_llmopt._src.quantization import attention as attention_lib
 from keras_llmopt._src.quantization.configs import AttentionConfig, QuantizeConfig
@@ -305,7 +305,7 @@ def install(layer, config, path, preserve_sparsity=True, masked=None):
     if state.attention_q:
         object.__setattr__(
             layer,
-            "_compute_attention",
+            keras_compat.COMPUTE_ATTENTION_ATTR,
             attention_lib.make_compute_attention(layer, state.attention_q, is_training),
         )
     return state

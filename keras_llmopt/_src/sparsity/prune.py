@@ -5,9 +5,8 @@ import warnings
 
 import keras
 from absl import logging
-from keras.src.models.functional import Functional
 
-from keras_llmopt._src.core import targeting
+from keras_llmopt._src.core import keras_compat, targeting
 from keras_llmopt._src.sparsity import inplace
 from keras_llmopt._src.sparsity import policy as policy_lib
 from keras_llmopt._src.sparsity import schedules as schedules_lib
@@ -18,7 +17,7 @@ _DEFAULT_SCHEDULE = schedules_lib.ConstantSparsity(0.5, 0)
 
 
 def _is_plain_graph_model(model):
-    return type(model) in (Functional, keras.Sequential)
+    return keras_compat.is_plain_graph_model(model)
 
 
 def copy_model(model, what="model"):
@@ -50,7 +49,7 @@ def _prune_graph_model(model, selected, settings):
 
 
 def _prune_in_place(model, selected, settings):
-    if not getattr(model, "_call_has_training_arg", True):
+    if not keras_compat.call_has_training_arg(model):
         warnings.warn(
             f"The call() of model '{model.name}' has no `training` argument, so Keras runs "
             "its layers in inference mode during fit() and nothing will be pruned. Add "

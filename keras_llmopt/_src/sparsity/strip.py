@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_llmopt._src.core import layer_tree
+from keras_llmopt._src.core import keras_compat, layer_tree
 from keras_llmopt._src.sparsity import inplace
 from keras_llmopt._src.sparsity.prune import copy_model
 from keras_llmopt._src.sparsity.units import pruning_units
@@ -95,7 +95,7 @@ def strip_pruning(model):
     if not wrappers:
         return copy_model(model)
     nested = [u.node_path for u in wrappers if "/" in u.node_path]
-    if nested or not isinstance(model, keras.Sequential | keras.src.models.functional.Functional):
+    if nested or not isinstance(model, keras.Sequential | keras_compat.Functional):
         raise ValueError(
             f"PruneLowMagnitude wrappers at {nested or [u.node_path for u in wrappers]} are "
             f"inside '{model.name}', which cannot be rebuilt. Prune the whole model with "

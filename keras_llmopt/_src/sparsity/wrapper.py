@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_llmopt._src.core import layer_state, layer_tree, targeting
+from keras_llmopt._src.core import keras_compat, layer_state, layer_tree, targeting
 from keras_llmopt._src.sparsity import schedules as schedules_lib
 from keras_llmopt._src.sparsity import state as state_lib
 
@@ -138,7 +138,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             # Build the wrapped layer from the real call arguments (several inputs,
             # keyword inputs), symbolically, so no compute is spent.
             call_kwargs = {k: v for k, v in kwargs.items() if k != "training"}
-            keras.src.backend.compute_output_spec(self.layer, *args, **call_kwargs)
+            keras_compat.compute_output_spec(self.layer, *args, **call_kwargs)
         return super().__call__(*args, **kwargs)
 
     def build(self, input_shape=None):
@@ -168,7 +168,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 self.block_pooling_type,
                 self.sparsity_m_by_n,
             )
-        if training is not None and self.layer._call_has_training_arg:
+        if training is not None and keras_compat.call_has_training_arg(self.layer):
             kwargs["training"] = training
         with state_lib.masked_weights(self.pruned):
             return self.layer(inputs, *args, **kwargs)
