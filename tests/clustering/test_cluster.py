@@ -2,7 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_llmopt import clustering, sparsity
+from keras_llmopt import clustering, quantization, sparsity
+from keras_llmopt._src.clustering import cluster as cluster_lib
 
 
 def _unique_per_kernel(model, names):
@@ -18,7 +19,7 @@ def test_cluster_gpt_trains_centroids_and_strips_to_n_values(fresh_tiny):
     for a, b in zip(before, fresh_tiny.get_weights()):
         np.testing.assert_array_equal(a, b)  # the user's model is untouched
     layer = clustered.get_layer("block_0_mlp_up")
-    state = vars(layer)["_llmopt_clustering_state"]
+    state = vars(layer)[cluster_lib.STATE_ATTR]
     centroids = keras.ops.convert_to_numpy(state.entries[0][1]).copy()
     x = np.random.default_rng(0).integers(0, 256, (8, 32)).astype("int32")
     clustered.compile(
@@ -73,6 +74,6 @@ def test_cluster_bad_inputs(fresh_tiny):
         clustering.strip_clustering(fresh_tiny)
     with pytest.raises(ValueError, match="fewer than number_of_clusters"):
         clustering.cluster_weights(fresh_tiny, 100_000)
-    clustered = clustering.cluster_weights(fresh_tiny, 4)
-    with pytest.raises(ValueError, match="strip_clustering"):
-        clustered.get_config()
+    quantized = quantization.quantize_model(fresh_tiny)
+    with pytest.raises(ValueError, match="carries \\['quantization'\\]"):
+        clustering.cluster_weights(quantized, 4)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from keras_llmopt import pipeline, sparsity
-from keras_llmopt._src.pipeline import stages as stages_lib
 
 PRUNE_RECIPE = {
     "name": "tiny_prune",
@@ -53,13 +52,19 @@ def test_recipe_model_is_pruned_and_stripped(pruned_run):
     assert sparse > dense  # fp32 sparse-encoded vs int8 dense: both exist, both verified
 
 
-def test_missing_module_fails_before_training(trained_tiny, tiny_corpus, tmp_path, monkeypatch):
-    monkeypatch.setitem(
-        stages_lib.OPTIONAL_MODULES, "cluster", ("keras_llmopt.no_such_module", ("x",))
+def test_unregistered_technique_fails_before_training(trained_tiny, tiny_corpus, tmp_path):
+    from keras_llmopt._src.core import registry
+
+    recipe = pipeline.parse_recipe(
+        {"stages": [{"prune": {"steps": 5}}, {"cluster": {"steps": 2}}, "strip"]}
     )
-    recipe = {"stages": [{"prune": {"steps": 5}}, {"cluster": {"steps": 2}}, "strip"]}
-    with pytest.raises(pipeline.StageError, match=r"stage 1 \(cluster\).*no_such_module"):
-        pipeline.run_recipe(recipe, trained_tiny, tmp_path / "o", corpus=tiny_corpus)
+    clustering = registry.get_technique("clustering")
+    registry.unregister_technique("clustering")  # as if its plugin were not loaded
+    try:
+        with pytest.raises(pipeline.StageError, match=r"stage 1 \(cluster\).*no registered"):
+            pipeline.run_recipe(recipe, trained_tiny, tmp_path / "o", corpus=tiny_corpus)
+    finally:
+        registry.register_technique(clustering, replace=True)
     assert not (tmp_path / "o").exists()
 
 

@@ -10,7 +10,6 @@ MODULES = [
     "keras_llmopt._src.quantization.configs",
     "keras_llmopt._src.quantization.state",
     "keras_llmopt._src.quantization.quantize",
-    "keras_llmopt._src.quantization.saving",
     "keras_llmopt._src.quantization.calibrate",
     "keras_llmopt._src.clustering.cluster",
 ]

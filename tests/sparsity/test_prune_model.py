@@ -242,7 +242,7 @@ def test_model_level_bad_inputs(fresh_tiny):
     with pytest.raises(ValueError, match="Received: block_size=\\(0, 1\\)"):
         sparsity.prune_low_magnitude(fresh_tiny, block_size=(0, 1))
     odd = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="odd")])
-    with pytest.raises(ValueError, match="input dimension 6 of layer 'prune_low_magnitude_odd'"):
+    with pytest.raises(ValueError, match="input dimension 6 of layer 'odd'"):
         sparsity.prune_low_magnitude(odd, sparsity_m_by_n=(2, 4))
     with pytest.raises(ValueError, match="is not built"):
         sparsity.prune_low_magnitude(keras.Sequential([keras.layers.Dense(2)]))

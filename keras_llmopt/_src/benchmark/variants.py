@@ -10,11 +10,13 @@ import copy
 import dataclasses
 import os
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 from absl import logging
 
-from keras_llmopt._src.pipeline.stages import pruning_schedule, require_module
+from keras_llmopt._src.core import registry
+from keras_llmopt._src.sparsity.technique import pruning_schedule
 
 
 @dataclasses.dataclass
@@ -83,6 +85,13 @@ class BenchmarkContext:
         if error is not None:
             raise RuntimeError(f"{key} failed: {type(error).__name__}: {error}") from error
         return value
+
+    def export_tflite(self, model, name, **kwargs):
+        """A verified ``<name>.tflite`` of ``model`` in the work folder, as a :class:`Built`.
+
+        Keyword arguments go to ``keras_llmopt.export.to_tflite`` (``quantization=``, ...).
+        """
+        return _tflite(self, model, name, **kwargs)
 
     def verification_data(self):
         """``(inputs, targets)`` validation windows every export is verified on."""
@@ -378,9 +387,9 @@ def dense_finetuned_fp32(ctx):
     compare ``klo_pruned50_*`` / ``tfmot_pruned50_*`` with this row, not only with
     ``keras_fp32``.
     """
-    from keras_llmopt._src.sparsity.prune import copy_model
+    from keras_llmopt._src.core.model_copy import copy_model
 
-    dense = copy_model(ctx.model)
+    dense = copy_model(ctx.model, "the dense fine-tune")
     logging.info("benchmark: dense fine-tune (control), %d steps", ctx.finetune_steps)
     ctx.train(dense, 5e-4)
     return _tflite(ctx, dense, "dense_finetuned_fp32")
@@ -411,7 +420,8 @@ def klo_pruned50_sparse_dynamic_int8(ctx):
 
 def klo_qat_int8(ctx):
     """Quantization-aware fine-tune (keras_llmopt.quantization), full-integer TFLite."""
-    quantization = require_module("quantize", "variant klo_qat_int8")
+    from keras_llmopt import quantization
+
     qat = quantization.quantize_model(ctx.model)
     logging.info("benchmark: quantization-aware fine-tune, %d steps", ctx.finetune_steps)
     ctx.train(qat, 1e-4)
@@ -420,7 +430,8 @@ def klo_qat_int8(ctx):
 
 def klo_cluster16(ctx):
     """16-cluster k-means weights (keras_llmopt.clustering), fine-tuned, stripped."""
-    clustering = require_module("cluster", "variant klo_cluster16")
+    from keras_llmopt import clustering
+
     clustered = clustering.cluster_weights(ctx.model, 16)
     logging.info("benchmark: clustering fine-tune, %d steps", ctx.finetune_steps)
     ctx.train(clustered, 1e-4)
@@ -428,7 +439,7 @@ def klo_cluster16(ctx):
 
 
 # name -> builder; the order is the table's order.
-VARIANTS = {
+BUILTIN_VARIANTS = {
     "keras_fp32": keras_fp32,
     "tflite_fp32": _tflite_mode(None, "tflite_fp32"),
     "tflite_fp16": _tflite_mode("float16", "tflite_fp16"),
@@ -450,3 +461,25 @@ VARIANTS = {
     "klo_qat_int8": klo_qat_int8,
     "klo_cluster16": klo_cluster16,
 }
+
+
+class _Variants(Mapping):
+    """The built-in variants, then every registered technique's (read live)."""
+
+    def _all(self):
+        found = dict(BUILTIN_VARIANTS)
+        for name, (_, build) in registry.benchmark_variants().items():
+            found.setdefault(name, build)
+        return found
+
+    def __getitem__(self, name):
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self):
+        return len(self._all())
+
+
+VARIANTS = _Variants()

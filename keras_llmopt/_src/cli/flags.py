@@ -23,3 +23,9 @@ EVAL_WINDOWS = flags.DEFINE_integer(
 SEQUENCE_LENGTH = flags.DEFINE_integer(
     "sequence_length", None, "Sequence length (default: read from the model).", lower_bound=1
 )
+PLUGINS = flags.DEFINE_list(
+    "plugins",
+    None,
+    "Modules (dotted names or .py paths) to import first; they register techniques "
+    "(recipe stages, benchmark variants) with keras_llmopt.techniques.register_technique.",
+)

@@ -37,6 +37,10 @@ COMMANDS = {
         "keras_llmopt._src.cli.optimize_cmd",
         "Run a recipe (YAML/JSON stages: prune, quantize, cluster, strip, export).",
     ),
+    "techniques": (
+        "keras_llmopt._src.cli.techniques_cmd",
+        "List the registered techniques (built-in and --plugins) and their recipe stages.",
+    ),
     "inspect": (
         "keras_llmopt._src.cli.inspect_cmd",
         "Parameters, bytes by dtype, sparsity and the layers each transformation touches.",
@@ -82,6 +86,13 @@ def command_help(command):
     return "\n".join(lines)
 
 
+def _load_plugins():
+    from keras_llmopt._src.cli import flags as cli_flags
+    from keras_llmopt._src.core import registry
+
+    registry.load_plugins(cli_flags.PLUGINS.value or [])
+
+
 def main(argv=None):
     """Runs ``keras-llmopt`` with ``argv`` (default: ``sys.argv``).
 
@@ -108,6 +119,7 @@ def main(argv=None):
     def _run(args):
         logging.set_verbosity(logging.INFO)
         try:
+            _load_plugins()
             module.run(args)
         except (ValueError, FileNotFoundError) as error:
             logging.error("%s", error)

@@ -14,7 +14,7 @@ HELP = (
     "stages) on --model (.keras; default: the cached trained --preset GPT), writing verified "
     "artifacts and pipeline.json into --out."
 )
-FLAG_NAMES = ("recipe", "model", "preset", "steps", "out", "seed", "corpus_dir")
+FLAG_NAMES = ("recipe", "model", "preset", "steps", "out", "seed", "corpus_dir", "plugins")
 
 RECIPE = flags.DEFINE_string(
     "recipe", None, "Recipe file (.yaml/.yml/.json), e.g. examples/recipes/prune50_int8.yaml."
@@ -39,7 +39,9 @@ def run(argv):
             raise ValueError(f"optimize: --model must be a .keras file. Received: --model={path}")
         if not os.path.exists(path):
             raise FileNotFoundError(f"optimize: no such model file. Received: --model={path}")
-        import keras_llmopt.sparsity  # noqa: F401  (registers the pruning wrapper for loading)
+        from keras_llmopt._src.core import registry
+
+        registry.techniques()  # every technique registered, so patched models load
 
         model = keras.saving.load_model(path, compile=False)
         corpus = common.corpus_for(common.sequence_length_of(model))

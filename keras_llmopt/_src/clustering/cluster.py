@@ -14,14 +14,15 @@ from absl import logging
 from keras import ops
 
 from keras_llmopt._src.clustering import kmeans
-from keras_llmopt._src.core import layer_state, layer_tree, targeting
-from keras_llmopt._src.quantization import state as qstate
+from keras_llmopt._src.core import layer_state, layer_tree, model_copy, saving, targeting
+from keras_llmopt._src.core import strip as core_strip
 
-STATE_ATTR = "_llmopt_clustering_state"
+TECHNIQUE = "clustering"
+STATE_ATTR = layer_state.state_attr(TECHNIQUE)
 
 
 @keras.saving.register_keras_serializable(package="keras_llmopt")
-class ClusteringState(keras.layers.Layer):
+class ClusteringState(layer_state.LayerState):
     """Codebooks and indices of one clustered layer (never called itself).
 
     Example:
@@ -33,23 +34,30 @@ class ClusteringState(keras.layers.Layer):
         3
     """
 
+    technique = TECHNIQUE
+    order = 20
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         object.__setattr__(self, "entries", [])
-        object.__setattr__(self, "_owner", lambda: None)
+        object.__setattr__(self, "settings", {})
 
-    def setup(self, owner, weights, number_of_clusters, init, preserve_sparsity, seed):
-        """Runs k-means on each weight and creates the codebook/index variables."""
+    def setup(self, weights, number_of_clusters, init, preserve_sparsity, seed, fit=True):
+        """Creates the codebook/index variables; with ``fit``, runs k-means on each weight."""
         entries = []
         for ref in weights:
             values = ops.convert_to_numpy(ref.variable)
-            centroids, indices = kmeans.kmeans_1d(
-                values,
-                number_of_clusters,
-                init=init,
-                seed=seed,
-                preserve_sparsity=preserve_sparsity,
-            )
+            if fit:
+                centroids, indices = kmeans.kmeans_1d(
+                    values,
+                    number_of_clusters,
+                    init=init,
+                    seed=seed,
+                    preserve_sparsity=preserve_sparsity,
+                )
+            else:  # a saved model being rebuilt: the values are loaded afterwards
+                centroids = np.zeros((number_of_clusters,), "float32")
+                indices = np.zeros(values.shape, "int32")
             c_var = self.add_weight(
                 shape=centroids.shape,
                 initializer="zeros",
@@ -65,30 +73,55 @@ class ClusteringState(keras.layers.Layer):
                 name=f"{ref.name}_indices",
             )
             i_var.assign(indices)
-            zero = None
-            if preserve_sparsity:
-                # The zero centroid stays exactly 0 while the others train.
-                zero = np.asarray(centroids == 0.0, "float32")
-            ref.variable.trainable = False
-            entries.append((ref, c_var, i_var, zero))
+            entries.append((ref, c_var, i_var))
         object.__setattr__(self, "entries", entries)
-        object.__setattr__(self, "_owner", lambda: owner)
-        self.built = True
-
-    def get_owner(self):
-        """The clustered layer."""
-        return self._owner()
+        object.__setattr__(
+            self,
+            "settings",
+            {
+                "number_of_clusters": number_of_clusters,
+                "init": init,
+                "preserve_sparsity": preserve_sparsity,
+                "seed": seed,
+                "weights": [ref.name for ref in weights],
+            },
+        )
 
     def clustered_value(self, i):
         """The clustered value of the ``i``-th weight: ``centroids[indices]``."""
-        _, centroids, indices, zero = self.entries[i]
+        _, centroids, indices = self.entries[i]
         c = ops.convert_to_tensor(centroids)
-        if zero is not None:
-            c = c * (1.0 - ops.convert_to_tensor(zero))
+        if self.settings["preserve_sparsity"]:
+            # The zero centroid stays exactly 0 while the others train.
+            c = ops.where(ops.stop_gradient(c) == 0.0, ops.zeros_like(c), c)
         return ops.take(c, ops.convert_to_tensor(indices), axis=0)
 
-    def call(self, *args, **kwargs):
-        raise RuntimeError("ClusteringState holds variables only; it is not meant to be called.")
+    # -- layer-state hooks --------------------------------------------------------
+
+    def weight_attrs(self):
+        return [ref.storage_attr for ref, _, _ in self.entries]
+
+    def transform_weight(self, attr, value, training):
+        for i, (ref, _, _) in enumerate(self.entries):
+            if ref.storage_attr == attr:
+                return self.clustered_value(i)
+        return value
+
+    def on_install(self, layer):
+        for ref, _, _ in self.entries:
+            ref.variable.trainable = False  # the codebook trains instead
+
+    def on_remove(self, layer):
+        for ref, _, _ in self.entries:
+            ref.variable.trainable = True
+
+    def baked_weights(self, values):
+        return {
+            ref.storage_attr: self.clustered_value(i) for i, (ref, _, _) in enumerate(self.entries)
+        }
+
+    def record(self):
+        return dict(self.settings)
 
 
 def attach(
@@ -100,43 +133,38 @@ def attach(
     seed=0,
 ):
     """Clusters ``weights`` (``WeightRef`` list) of ``layer`` in place; returns the state."""
-    state = ClusteringState(name=f"{layer.name}_clustering_state", dtype="float32")
-    state.setup(layer, weights, number_of_clusters, init, preserve_sparsity, seed)
-    layer_state.set_tracked(layer, STATE_ATTR, state)
-    original = layer.call
-
-    def clustered_call(*args, **kwargs):
-        saved = []
-        try:
-            for i, (ref, _, _, _) in enumerate(state.entries):
-                saved.append((ref.storage_attr, getattr(layer, ref.storage_attr)))
-                object.__setattr__(layer, ref.storage_attr, state.clustered_value(i))
-            return original(*args, **kwargs)
-        finally:
-            for attr, value in reversed(saved):
-                object.__setattr__(layer, attr, value)
-
-    object.__setattr__(layer, "call", clustered_call)
+    state = ClusteringState(name=f"{layer.name}_clustering_state")
+    state.setup(weights, number_of_clusters, init, preserve_sparsity, seed)
+    layer_state.install(layer, state)
     return state
 
 
-def _states(model):
-    return [
-        (node.path, vars(node.layer)[STATE_ATTR])
-        for node in layer_tree.walk_layers(model)
-        if isinstance(vars(node.layer).get(STATE_ATTR), ClusteringState)
-    ]
+def restore(layer, record, path):
+    """Re-creates a saved layer's :class:`ClusteringState` (values are loaded after).
 
-
-def _refuse_config(model):
-    def get_config():
-        raise ValueError(
-            f"Model '{model.name}' is clustered in place, so its config cannot describe the "
-            "codebooks. Call `keras_llmopt.clustering.strip_clustering(model)` before "
-            "`model.save(...)`, or use `save_weights`."
-        )
-
-    object.__setattr__(model, "get_config", get_config)
+    Example:
+        >>> dense = keras.layers.Dense(4)
+        >>> dense.build((None, 8))
+        >>> record = attach(dense, layer_tree.find_weights(dense)[0], 3).record()
+        >>> twin = keras.layers.Dense(4)
+        >>> twin.build((None, 8))
+        >>> len(restore(twin, record, "twin").entries)
+        1
+    """
+    weights, reason = layer_tree.find_weights(layer)
+    if reason:
+        raise ValueError(f"Loading a clustered model: layer '{path}': {reason}.")
+    weights = [w for w in weights if w.name in set(record["weights"])]
+    state = ClusteringState(name=f"{layer.name}_clustering_state")
+    state.setup(
+        weights,
+        record["number_of_clusters"],
+        record["init"],
+        record["preserve_sparsity"],
+        record["seed"],
+        fit=False,
+    )
+    return state
 
 
 def cluster_weights(
@@ -207,8 +235,6 @@ def cluster_weights(
         )
     if not to_cluster.built:
         raise ValueError(f"Model '{to_cluster.name}' is not built. Call it on a batch first.")
-    from keras_llmopt._src.quantization.quantize import _working_copy
-
     model = _working_copy(to_cluster)
     report, selected = targeting.select_layers(
         model,
@@ -231,9 +257,8 @@ def cluster_weights(
         attach(layer, weights, number_of_clusters, cluster_centroids_init, preserve_sparsity, seed)
         progress.update(i + 1)
         logging.info("cluster_weights: clustered %s", path)
-    _refuse_config(model)
     object.__setattr__(model, "clustering_report", report)
-    return model
+    return saving.make_saveable(model)
 
 
 def strip_clustering(model):
@@ -241,13 +266,13 @@ def strip_clustering(model):
 
     Each clustered kernel then has at most ``number_of_clusters`` unique values
     (exactly that many unless k-means left clusters empty). The clustered model is
-    not modified.
+    not modified; other techniques' states (if any) stay on the copy.
 
     Args:
         model: A model from :func:`cluster_weights`.
 
     Returns:
-        A new plain ``keras.Model`` that saves to ``.keras`` without keras_llmopt.
+        A new ``keras.Model`` that saves to ``.keras`` without keras_llmopt.
 
     Example:
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="a")])
@@ -255,42 +280,24 @@ def strip_clustering(model):
         >>> [type(layer).__name__ for layer in plain.layers]
         ['Dense']
     """
-    found = _states(model) if isinstance(model, keras.Model) else []
+    found = layer_state.find_states(model, TECHNIQUE) if isinstance(model, keras.Model) else []
     if not found:
         raise ValueError(
             "`model` has no clustered layers (use cluster_weights first). Received: "
             f"model={getattr(model, 'name', model)!r}"
         )
-    values = {}
-    for path, state in found:
-        for i, (ref, _, _, _) in enumerate(state.entries):
-            values[(path, ref.storage_attr)] = ops.convert_to_numpy(state.clustered_value(i))
-    layers = []
-    try:
-        for _, state in found:
-            layer = state.get_owner()
-            layers.append((layer, state, vars(layer)["call"]))
-            layer_state.set_tracked(layer, STATE_ATTR, None)
-            object.__delattr__(layer, "call")
-            for ref, _, _, _ in state.entries:
-                ref.variable.trainable = True
-        config_patch = vars(model).get("get_config")
-        if config_patch is not None:
-            object.__delattr__(model, "get_config")
-        try:
-            plain = qstate.uncompiled_copy(model)
-        finally:
-            if config_patch is not None:
-                object.__setattr__(model, "get_config", config_patch)
-    finally:
-        for layer, state, call in layers:
-            layer_state.set_tracked(layer, STATE_ATTR, state)
-            object.__setattr__(layer, "call", call)
-            for ref, _, _, _ in state.entries:
-                ref.variable.trainable = False
-    for node in layer_tree.walk_layers(plain):
-        for (path, attr), value in values.items():
-            if node.path == path:
-                getattr(node.layer, attr).assign(value)
-                getattr(node.layer, attr).trainable = True
-    return plain
+    return core_strip.strip_techniques(model, TECHNIQUE, "stripping clustering")
+
+
+def _working_copy(model):
+    """A copy to cluster: pruning (zeros kept by ``preserve_sparsity``) stripped first."""
+    techniques = {state.technique for _, state in layer_state.find_states(model)}
+    others = sorted(techniques - {"pruning"})
+    if others:
+        raise ValueError(
+            f"Model '{model.name}' carries {others}; cluster the float (or pruned) model "
+            f"before quantizing. Received: a model with {others} layer states"
+        )
+    if techniques:
+        return core_strip.strip_techniques(model, "pruning", "clustering")
+    return model_copy.copy_model(model, "clustering", compiled=False)

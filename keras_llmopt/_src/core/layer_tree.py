@@ -131,12 +131,27 @@ def _dense_input_axes(layer, shape):
     return tuple(range(len(shape) - 1))
 
 
+def einsum_parts(layer):
+    """``(inputs, kernel, output)`` subscripts of an EinsumDense's equation, or ``None``.
+
+    The one parser of EinsumDense equations (pruning's input axes, quantization's
+    output axes and dense view all read it).
+
+    Example:
+        >>> import keras
+        >>> einsum_parts(keras.layers.EinsumDense("abc,cde->abde", (None, 2, 4)))
+        ('abc', 'cde', 'abde')
+    """
+    equation = getattr(layer, "equation", "").replace(" ", "")
+    match = re.fullmatch(r"([a-zA-Z.]+),([a-zA-Z.]+)->([a-zA-Z.]+)", equation)
+    return match.groups() if match else None
+
+
 def _einsum_input_axes(layer, shape):
-    equation = layer.equation.replace(" ", "")
-    match = re.match(r"([a-zA-Z.]+),([a-zA-Z.]+)->([a-zA-Z.]+)", equation)
-    if not match:
+    parts = einsum_parts(layer)
+    if parts is None:
         return (0,)
-    inputs, kernel, _ = match.groups()
+    inputs, kernel, _ = parts
     axes = tuple(i for i, letter in enumerate(kernel) if letter in inputs)
     return axes or (0,)
 

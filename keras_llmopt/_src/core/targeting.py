@@ -25,7 +25,13 @@ from keras_llmopt._src.core import layer_tree
 HEAD_NAMES = ("lm_head", "head", "output_head", "output_projection", "logits", "classifier")
 
 
-def _as_patterns(patterns, argument):
+def as_patterns(patterns, argument):
+    """Validates ``targets`` / ``ignore`` patterns; returns them as a tuple.
+
+    Example:
+        >>> as_patterns("lm_head", "ignore")
+        ('lm_head',)
+    """
     if patterns is None:
         return ()
     if isinstance(patterns, str):
@@ -70,7 +76,13 @@ def path_matches(path: str, pattern: str) -> bool:
     return any(fnmatch.fnmatchcase("/".join(parts[i:]), pattern) for i in range(len(parts)))
 
 
-def _first_match(path, patterns):
+def first_match(path, patterns):
+    """The first of ``patterns`` that matches ``path``, or ``None``.
+
+    Example:
+        >>> first_match("block_0_mlp_up", ["*attention*", "*mlp*"])
+        '*mlp*'
+    """
     for pattern in patterns:
         if path_matches(path, pattern):
             return pattern
@@ -223,8 +235,8 @@ def select_layers(
         >>> report.selected_paths
         ['up']
     """
-    targets = _as_patterns(targets, "targets")
-    ignore = _as_patterns(ignore, "ignore")
+    targets = as_patterns(targets, "targets")
+    ignore = as_patterns(ignore, "ignore")
     nodes = list(layer_tree.walk_layers(model))
     vocab = _vocab_size(nodes)
     embedding_vars = {
@@ -256,13 +268,13 @@ def select_layers(
         if reason:
             skip(reason)
             continue
-        matched_target = _first_match(node.path, targets)
+        matched_target = first_match(node.path, targets)
         if matched_target:
             used_targets.add(matched_target)
         if targets and not matched_target:
             skip("not matched by `targets`")
             continue
-        matched_ignore = _first_match(node.path, ignore)
+        matched_ignore = first_match(node.path, ignore)
         if matched_ignore:
             skip(f"ignored by pattern {matched_ignore!r}")
             continue

@@ -18,55 +18,20 @@ received and what is accepted. ``STAGE_SCHEMAS`` below is the reference of every
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
+
+from keras_llmopt._src.core import registry
 
 # Each key: (kind, default, constraint). kinds: "int", "float", "bool", "str", "choice",
 # "patterns" (a glob/"re:" string or a list of them), "pair" (two positive ints).
-_FINETUNE = {
-    "steps": ("int", 200, (0, None)),
-    "learning_rate": ("float", 5e-4, (0.0, None, "open")),
-    "batch_size": ("int", 16, (1, None)),
-}
-_TARGETING = {
-    "targets": ("patterns", None, None),
-    "ignore": ("patterns", None, None),
-}
-CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
 EXPORT_FORMATS = ("tflite", "onnx", "saved_model")
 TFLITE_QUANTIZATION = ("none", "float16", "dynamic_int8", "int8", "int16x8", "int4")
 
-STAGE_SCHEMAS = {
-    # Magnitude pruning with a schedule, fine-tuned on the corpus (UpdatePruningStep).
-    "prune": {
-        "final_sparsity": ("float", 0.5, (0.0, 1.0, "open")),
-        "initial_sparsity": ("float", 0.0, (0.0, 1.0, "right_open")),
-        "schedule": ("choice", "polynomial", ("polynomial", "constant")),
-        # Fraction of the fine-tune steps over which sparsity ramps up.
-        "ramp_fraction": ("float", 0.7, (0.0, 1.0, "left_open")),
-        "frequency": ("int", None, (1, None)),
-        "m_by_n": ("pair", None, None),
-        "block_size": ("pair", None, None),
-        **_TARGETING,
-        **_FINETUNE,
-        # Masks are computed in training steps, so pruning needs at least one.
-        "steps": ("int", 200, (1, None)),
-    },
-    # Quantization-aware training (keras_llmopt.quantization.quantize_model), or with
-    # steps=0 and `calibrate`, post-training ranges from calibration data.
-    "quantize": {
-        "scheme": ("str", None, None),
-        "calibrate": ("choice", None, CALIBRATION_METHODS),
-        "calibration_windows": ("int", 64, (1, None)),
-        **_FINETUNE,
-        "learning_rate": ("float", 1e-4, (0.0, None, "open")),
-    },
-    # k-means weight clustering (keras_llmopt.clustering.cluster_weights), fine-tuned.
-    "cluster": {
-        "number_of_clusters": ("int", 16, (2, 65536)),
-        "init": ("str", None, None),
-        **_FINETUNE,
-        "learning_rate": ("float", 1e-4, (0.0, None, "open")),
-    },
-    # Removes pruning masks / clustering wrappers: a plain Keras model, zeros in place.
+# The pipeline's own stages; technique stages (prune, quantize, cluster, and any
+# registered technique's) come from the technique registry.
+BUILTIN_STAGE_SCHEMAS = {
+    # Bakes the states of techniques that are stripped before export (pruning masks,
+    # codebooks, ...) into plain weights; quantization-aware layers export as they are.
     "strip": {},
     # Validation bits per byte of the current model, recorded in the summary.
     "evaluate": {"windows": ("int", 64, (1, None))},
@@ -81,6 +46,26 @@ STAGE_SCHEMAS = {
         "verify_windows": ("int", 16, (1, None)),
     },
 }
+
+
+class _StageSchemas(Mapping):
+    """Every stage's schema: the built-ins plus each registered technique's, read live."""
+
+    def _all(self):
+        found = {t.stage: dict(t.stage_schema) for t in registry.techniques() if t.stage}
+        return {**found, **BUILTIN_STAGE_SCHEMAS}
+
+    def __getitem__(self, name):
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self):
+        return len(self._all())
+
+
+STAGE_SCHEMAS = _StageSchemas()
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
 
@@ -245,18 +230,9 @@ def _parse_stage(index, entry):
 
 
 def _check_stage(index, name, p):
-    if name == "prune":
-        if p["initial_sparsity"] >= p["final_sparsity"] and p["schedule"] == "polynomial":
-            raise ValueError(
-                f"{_where(index, name, 'initial_sparsity')}: must be below final_sparsity. "
-                f"Received: initial_sparsity={p['initial_sparsity']}, "
-                f"final_sparsity={p['final_sparsity']}"
-            )
-        if p["m_by_n"] is not None and p["m_by_n"][0] >= p["m_by_n"][1]:
-            raise ValueError(
-                f"{_where(index, name, 'm_by_n')}: m must be below n. Received: "
-                f"m_by_n={p['m_by_n']}; accepted: e.g. [2, 4]"
-            )
+    technique = registry.technique_for_stage(name)
+    if technique is not None and technique.check_stage is not None:
+        technique.check_stage(p, lambda key: _where(index, name, key))
     if name == "export":
         if p["format"] != "tflite" and (p["quantization"] != "none" or p["sparse"]):
             raise ValueError(
@@ -269,40 +245,37 @@ def _check_stage(index, name, p):
                 f"{_where(index, name, 'name')}: must be a file name inside the output folder, "
                 f"not a path. Received: name={p['name']!r}"
             )
-    if name == "quantize" and p["steps"] == 0 and p["calibrate"] is None:
-        raise ValueError(
-            f"{_where(index, name, 'steps')}: with steps=0 (no quantization-aware training) "
-            "the ranges must come from calibration. Received: steps=0, calibrate=None; "
-            f"accepted: steps >= 1, or calibrate in {list(CALIBRATION_METHODS)}"
-        )
 
 
 def _check_order(stages):
     seen = {}
+    exports_as_is = None  # (stage index, stage name, modes) of the last as-is technique
     for stage in stages:
-        if stage.name == "prune" and "quantize" in seen:
-            raise ValueError(
-                f"Recipe {stage.label}: prune must come before quantize (stage "
-                f"{seen['quantize']}); pruning a quantization-aware model is not supported."
-            )
-        if stage.name == "cluster" and "quantize" in seen:
-            raise ValueError(
-                f"Recipe {stage.label}: cluster must come before quantize (stage "
-                f"{seen['quantize']})."
-            )
-        if stage.name in ("prune", "cluster", "quantize") and stage.name in seen:
-            raise ValueError(
-                f"Recipe {stage.label}: {stage.name} appears twice (first at stage "
-                f"{seen[stage.name]}); accepted: each of prune, cluster, quantize at most once."
-            )
-        if stage.name == "export" and "quantize" in seen:
-            p = stage.params
-            if p["format"] != "tflite" or p["quantization"] not in ("int8", "int16x8"):
+        technique = registry.technique_for_stage(stage.name)
+        if technique is not None:
+            for later in technique.must_precede:
+                if later in seen:
+                    raise ValueError(
+                        f"Recipe {stage.label}: {stage.name} must come before {later} (stage "
+                        f"{seen[later]})."
+                    )
+            if stage.name in seen:
                 raise ValueError(
-                    f"Recipe {stage.label}, key `quantization`: after quantize (stage "
-                    f"{seen['quantize']}) the model exports as an integer TFLite model. "
+                    f"Recipe {stage.label}: {stage.name} appears twice (first at stage "
+                    f"{seen[stage.name]}); accepted: each technique stage at most once."
+                )
+            if technique.export_modes is not None:
+                exports_as_is = (stage.index, stage.name, technique.export_modes)
+        if stage.name == "export" and exports_as_is is not None:
+            where, what, modes = exports_as_is
+            p = stage.params
+            if p["format"] != "tflite" or p["quantization"] not in modes:
+                accepted = " or ".join(repr(m) for m in modes)
+                raise ValueError(
+                    f"Recipe {stage.label}, key `quantization`: after {what} (stage {where}) "
+                    "the model exports as it is, as an integer TFLite model. "
                     f"Received: format={p['format']!r}, quantization={p['quantization']!r}; "
-                    "accepted: format 'tflite' with quantization 'int8' or 'int16x8'"
+                    f"accepted: format 'tflite' with quantization {accepted}"
                 )
         seen.setdefault(stage.name, stage.index)
     names = [s.name for s in stages]

@@ -1,6 +1,5 @@
 """Runs a validated recipe on a model: stage after stage, then a summary file."""
 
-import copy
 import dataclasses
 import json
 import os
@@ -9,6 +8,7 @@ import time
 import keras
 from absl import logging
 
+from keras_llmopt._src.core import model_copy, registry
 from keras_llmopt._src.pipeline import recipe as recipe_lib
 from keras_llmopt._src.pipeline import stages as stages_lib
 from keras_llmopt._src.reference.cache import atomic_path
@@ -61,42 +61,23 @@ def _sequence_length(model):
 
 
 def preflight(recipe):
-    """Checks, before anything trains, that every stage's module is available.
+    """Checks, before anything trains, that a technique is registered for every stage.
 
     Raises:
-        StageError: Naming the first stage whose module is missing here.
-        ValueError: A quantization scheme or centroid initialization the installed
-            module does not know (naming the stage and key).
+        StageError: Naming the first stage no built-in runner or registered technique
+            runs (e.g. a plugin that was not loaded).
 
     Example:
         >>> preflight(parse_recipe({"stages": ["strip"]}))
     """
     for stage in recipe.stages:
-        if stage.name in stages_lib.OPTIONAL_MODULES:
-            stages_lib.require_module(stage.name, stage.label)
-        if stage.name == "quantize":
-            module = stages_lib.require_module("quantize", stage.label)
-            if stage.params["calibrate"] and not hasattr(module, "calibrate"):
-                raise stages_lib.StageError(
-                    f"Recipe {stage.label}, key `calibrate`: keras_llmopt.quantization has no "
-                    "calibrate() in this installation."
-                )
-            _check_choice(stage, "scheme", getattr(module, "SCHEMES", None))
-        if stage.name == "cluster":
-            module = stages_lib.require_module("cluster", stage.label)
-            inits = getattr(module, "CentroidInitialization", None)
-            names = [n for n in vars(inits) if n.isupper()] if inits is not None else None
-            _check_choice(stage, "init", names)
-
-
-def _check_choice(stage, key, accepted):
-    value = stage.params[key]
-    if value is None or accepted is None or value in accepted:
-        return
-    raise ValueError(
-        f"Recipe {stage.label}, key `{key}`: unknown value. Received: {key}={value!r}; "
-        f"accepted: {sorted(accepted)}"
-    )
+        if stage.name in stages_lib.BUILTIN_RUNNERS:
+            continue
+        if registry.technique_for_stage(stage.name) is None:
+            raise stages_lib.StageError(
+                f"Recipe {stage.label}: no registered technique runs stage {stage.name!r}; "
+                "load its plugin (keras-llmopt --plugins=MODULE, or import it) first."
+            )
 
 
 def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save_model=True):
@@ -163,7 +144,7 @@ def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save
 
         corpus = load_corpus(length)
     ctx = stages_lib.StageContext(corpus, out_dir, length, seed=seed, verbose=verbose)
-    state = stages_lib.PipelineState(model=copy.deepcopy(model))
+    state = stages_lib.PipelineState(model=model_copy.copy_model(model, "a recipe"))
     total = len(recipe.stages)
     start = time.time()
     for stage in recipe.stages:

@@ -1,26 +1,29 @@
 """The stages a recipe runs: each takes the pipeline state and returns the next one.
 
-Stages call the public APIs (``keras_llmopt.sparsity``, ``.quantization``, ``.clustering``,
-``.export``). The quantization and clustering modules are imported only when a stage
-needs them, so a recipe without those stages runs where they are absent.
+Technique stages (``prune``, ``quantize``, ``cluster``, and any registered technique's)
+are run by their technique's ``run_stage`` handler from the registry; this module
+names none of them. It runs the pipeline's own stages (``strip``, ``evaluate``,
+``export``) and gives technique handlers a :class:`StageRun`: fine-tuning on the
+corpus and calibration windows.
 """
 
 import dataclasses
-import importlib
 import os
 import time
 
 import numpy as np
 from absl import logging
 
+from keras_llmopt._src.core import layer_state, registry
+from keras_llmopt._src.core import strip as core_strip
 from keras_llmopt._src.pipeline.recipe import export_stem
 
 
 class StageError(RuntimeError):
-    """A stage could not run (a missing module, a failed export, ...); names the stage.
+    """A stage could not run (a failed export, a technique error, ...); names the stage.
 
     Example:
-        >>> raise StageError("Recipe stage 1 (quantize): keras_llmopt.quantization ...")
+        >>> raise StageError("Recipe stage 1 (export): export to out/x.tflite failed: ...")
     """
 
 
@@ -30,21 +33,20 @@ class PipelineState:
 
     Attributes:
         model: The current Keras model (never the user's own object: stages copy).
-        pruned: The model carries pruning masks (not yet stripped).
-        clustered: The model carries clustering wrappers (not yet stripped).
-        quantized: The model is quantization-aware (fake-quant ops).
         artifacts: One dict per exported artifact.
         evaluations: One dict per ``evaluate`` stage.
         timings: ``[(stage label, seconds)]``.
     """
 
     model: object
-    pruned: bool = False
-    clustered: bool = False
-    quantized: bool = False
     artifacts: list = dataclasses.field(default_factory=list)
     evaluations: list = dataclasses.field(default_factory=list)
     timings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def techniques(self):
+        """Names of the techniques whose states the current model carries."""
+        return sorted({state.technique for _, state in layer_state.find_states(self.model)})
 
 
 @dataclasses.dataclass
@@ -66,77 +68,40 @@ class StageContext:
     verbose: object = "auto"
 
 
-OPTIONAL_MODULES = {
-    "quantize": ("keras_llmopt.quantization", ("quantize_model",)),
-    "cluster": ("keras_llmopt.clustering", ("cluster_weights", "strip_clustering")),
-}
+@dataclasses.dataclass
+class StageRun:
+    """What a technique's ``run_stage`` handler gets besides the model and its params.
 
-
-def require_module(stage_name, label=None):
-    """Imports the public module a stage needs, or raises a :class:`StageError`.
+    Attributes:
+        label: ``"stage <i> (<name>)"`` for messages.
+        context: The run's :class:`StageContext`.
 
     Example:
-        >>> require_module("cluster").cluster_weights
+        >>> run = StageRun("stage 0 (prune)", ctx)
+        >>> run.train(model, {"steps": 10, "batch_size": 8, "learning_rate": 1e-3})
     """
-    module_name, names = OPTIONAL_MODULES[stage_name]
-    label = label or f"stage ({stage_name})"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise StageError(
-            f"Recipe {label}: needs {module_name}, which is not available in this "
-            f"installation ({error}). Remove the stage or install a keras_llmopt that has it."
-        ) from None
-    missing = [n for n in names if not hasattr(module, n)]
-    if missing:
-        raise StageError(
-            f"Recipe {label}: {module_name} has no {missing}; this keras_llmopt cannot run it."
+
+    label: str
+    context: StageContext
+
+    def train(self, model, params, callbacks=None):
+        """Fine-tunes ``model`` on the corpus (``steps``, ``batch_size``, ``learning_rate``)."""
+        from keras_llmopt._src.reference.training import train
+
+        train(
+            model,
+            self.context.corpus,
+            params["steps"],
+            batch_size=params["batch_size"],
+            learning_rate=params["learning_rate"],
+            seed=self.context.seed,
+            callbacks=callbacks,
+            verbose=self.context.verbose,
         )
-    return module
 
-
-def pruning_schedule(
-    steps,
-    final_sparsity,
-    initial_sparsity=0.0,
-    ramp_fraction=0.7,
-    frequency=None,
-    kind="polynomial",
-):
-    """The schedule a fine-tune of ``steps`` steps uses to reach ``final_sparsity``.
-
-    Sparsity ramps over the first ``ramp_fraction`` of the steps, updated every
-    ``frequency`` steps (default: ten updates); the last update lands inside the run,
-    so the final masks have exactly ``final_sparsity``.
-
-    Example:
-        >>> pruning_schedule(100, 0.5).end_step
-        70
-    """
-    from keras_llmopt import sparsity
-
-    ramp = max(1, int(round(steps * ramp_fraction)))
-    frequency = frequency or max(1, ramp // 10)
-    last = max(0, steps - 1)
-    end = min((ramp // frequency) * frequency, (last // frequency) * frequency)
-    if kind == "constant":
-        return sparsity.ConstantSparsity(final_sparsity, 0, frequency=frequency)
-    return sparsity.PolynomialDecay(initial_sparsity, final_sparsity, 0, end, frequency=frequency)
-
-
-def _train(model, ctx, params, callbacks=None):
-    from keras_llmopt._src.reference.training import train
-
-    train(
-        model,
-        ctx.corpus,
-        params["steps"],
-        batch_size=params["batch_size"],
-        learning_rate=params["learning_rate"],
-        seed=ctx.seed,
-        callbacks=callbacks,
-        verbose=ctx.verbose,
-    )
+    def calibration_data(self, count):
+        """``count`` training windows as int32 token ids ``(count, T)``."""
+        return _windows(self.context.corpus.train, count)[:, :-1]
 
 
 def _windows(windows, count):
@@ -144,103 +109,50 @@ def _windows(windows, count):
     return np.asarray(windows[index]).astype(np.int32)
 
 
-def run_prune(stage, state, ctx):
-    """Prunes with a schedule and fine-tunes (``UpdatePruningStep``)."""
-    from keras_llmopt import sparsity
+def _strip_for_export(model):
+    """Bakes the states of techniques that do not export as they are (masks, codebooks)."""
+    strip = [
+        state.technique
+        for _, state in layer_state.find_states(model)
+        if registry.get_technique(state.technique).export_modes is None
+    ]
+    if not strip:
+        return model
+    return core_strip.strip_techniques(model, sorted(set(strip)), "export")
 
-    p = stage.params
-    schedule = pruning_schedule(
-        p["steps"],
-        p["final_sparsity"],
-        p["initial_sparsity"],
-        p["ramp_fraction"],
-        p["frequency"],
-        p["schedule"],
-    )
+
+def _exports_as_is(model):
+    """The TFLite modes the model's remaining techniques allow (``None``: any)."""
+    modes = None
+    for _, state in layer_state.find_states(model):
+        allowed = registry.get_technique(state.technique).export_modes
+        if allowed is not None:
+            modes = allowed
+    return modes
+
+
+def run_technique(stage, state, ctx):
+    """A technique stage: the registry's handler, on a copy stripped of earlier techniques."""
+    technique = registry.technique_for_stage(stage.name)
     model = state.model
-    if state.clustered:
-        model = require_module("cluster", stage.label).strip_clustering(model)
-        state.clustered = False
-    pruned = sparsity.prune_low_magnitude(
-        model,
-        schedule,
-        block_size=tuple(p["block_size"] or (1, 1)),
-        sparsity_m_by_n=tuple(p["m_by_n"]) if p["m_by_n"] else None,
-        targets=p["targets"],
-        ignore=p["ignore"],
-    )
-    logging.info(
-        "%s: fine-tuning %d steps to %.0f%% sparsity",
-        stage.label,
-        p["steps"],
-        100 * p["final_sparsity"],
-    )
-    _train(pruned, ctx, p, callbacks=[sparsity.UpdatePruningStep()])
-    state.model, state.pruned = pruned, True
-    return state
-
-
-def _strip(state, label):
-    from keras_llmopt import sparsity
-
-    model = state.model
-    if state.pruned:
-        model = sparsity.strip_pruning(model)
-    if state.clustered:
-        model = require_module("cluster", label).strip_clustering(model)
-    return model
-
-
-def run_quantize(stage, state, ctx):
-    """Quantization-aware model (``quantize_model``), calibrated and/or fine-tuned."""
-    quantization = require_module("quantize", stage.label)
-    p = stage.params
-    model = _strip(state, stage.label)
-    state.pruned = state.clustered = False
-    kwargs = {"scheme": p["scheme"]} if p["scheme"] else {}
-    qat = quantization.quantize_model(model, **kwargs)
-    if p["calibrate"]:
-        if not hasattr(quantization, "calibrate"):
-            raise StageError(f"Recipe {stage.label}: keras_llmopt.quantization has no calibrate")
-        data = _windows(ctx.corpus.train, p["calibration_windows"])[:, :-1]
-        logging.info("%s: calibrating (%s) on %d windows", stage.label, p["calibrate"], len(data))
-        result = quantization.calibrate(qat, data, method=p["calibrate"])
-        qat = result if result is not None and hasattr(result, "predict") else qat
-    if p["steps"]:
-        logging.info("%s: quantization-aware fine-tuning, %d steps", stage.label, p["steps"])
-        _train(qat, ctx, p)
-    state.model, state.quantized = qat, True
-    return state
-
-
-def run_cluster(stage, state, ctx):
-    """k-means weight clustering (``cluster_weights``), fine-tuned."""
-    clustering = require_module("cluster", stage.label)
-    p = stage.params
-    kwargs = {"cluster_centroids_init": p["init"]} if p["init"] else {}
-    model = _strip(state, stage.label)
-    state.pruned = False
-    clustered = clustering.cluster_weights(model, p["number_of_clusters"], **kwargs)
-    if p["steps"]:
-        logging.info(
-            "%s: fine-tuning %d steps with %d clusters",
-            stage.label,
-            p["steps"],
-            p["number_of_clusters"],
+    if layer_state.find_states(model):
+        model = core_strip.strip_techniques(model, None, f"recipe {stage.label}")
+    if technique is None:
+        raise StageError(
+            f"Recipe {stage.label}: no registered technique runs stage {stage.name!r} (was "
+            "its plugin unloaded?)."
         )
-        _train(clustered, ctx, p)
-    state.model, state.clustered = clustered, True
+    state.model = technique.run_stage(model, dict(stage.params), StageRun(stage.label, ctx))
     return state
 
 
 def run_strip(stage, state, ctx):
-    """Removes pruning masks and clustering wrappers (zeros / centroids baked in)."""
+    """Bakes pruning masks, codebooks, ... into plain weights (QAT layers stay)."""
     del ctx
-    if not (state.pruned or state.clustered):
+    stripped = _strip_for_export(state.model)
+    if stripped is state.model:
         logging.info("%s: nothing to strip", stage.label)
-        return state
-    state.model = _strip(state, stage.label)
-    state.pruned = state.clustered = False
+    state.model = stripped
     return state
 
 
@@ -259,7 +171,8 @@ def run_export(stage, state, ctx):
     from keras_llmopt import export
 
     p = stage.params
-    model = _strip(state, stage.label) if (state.pruned or state.clustered) else state.model
+    model = _strip_for_export(state.model)
+    as_is = _exports_as_is(model)
     path = os.path.join(ctx.out_dir, export_stem(stage))
     windows = _windows(ctx.corpus.validation, p["verify_windows"])
     data = (windows[:, :-1], windows[:, 1:])
@@ -268,7 +181,7 @@ def run_export(stage, state, ctx):
     try:
         if p["format"] == "tflite":
             calibration = None
-            if quantization in ("int8", "int16x8") and not state.quantized:
+            if quantization in ("int8", "int16x8") and as_is is None:
                 calibration = _windows(ctx.corpus.train, p["calibration_windows"])[:, :-1]
             report = export.to_tflite(
                 model,
@@ -309,23 +222,17 @@ def run_export(stage, state, ctx):
     return state
 
 
-RUNNERS = {
-    "prune": run_prune,
-    "quantize": run_quantize,
-    "cluster": run_cluster,
-    "strip": run_strip,
-    "evaluate": run_evaluate,
-    "export": run_export,
-}
+BUILTIN_RUNNERS = {"strip": run_strip, "evaluate": run_evaluate, "export": run_export}
 
 
 def run_stage(stage, state, ctx):
-    """Runs one stage and records its wall time.
+    """Runs one stage (a built-in or a registered technique's) and records its wall time.
 
     Example:
         >>> state = run_stage(recipe.stages[0], state, ctx)
     """
     start = time.time()
-    state = RUNNERS[stage.name](stage, state, ctx)
+    runner = BUILTIN_RUNNERS.get(stage.name, run_technique)
+    state = runner(stage, state, ctx)
     state.timings.append((stage.label, time.time() - start))
     return state

@@ -7,12 +7,14 @@ quantization methods) sets its range variables. Attention scores are observed
 over unmasked positions only, as in training.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from absl import logging
 
+from keras_llmopt._src.core import hooks
 from keras_llmopt._src.quantization import calibration as calibration_lib
-from keras_llmopt._src.quantization import layer_quantizers
 from keras_llmopt._src.quantization import state as state_lib
 
 
@@ -50,6 +52,30 @@ def _batches(dataset, batch_size, num_batches, length):
             yield {k: cut(keras.ops.convert_to_numpy(v)) for k, v in item.items()}
         else:
             yield cut(keras.ops.convert_to_numpy(item))
+
+
+@contextlib.contextmanager
+def _observing(named, histograms):
+    """Within the block, each quantizer's observed tensors go into its histogram."""
+
+    def recorder(quantizer):
+        histogram = histograms.setdefault(
+            id(quantizer), calibration_lib.Histogram(num_bins=1024, signed=True)
+        )
+
+        def make(original):
+            def observe(observed):
+                histogram.update(keras.ops.convert_to_numpy(keras.ops.cast(observed, "float32")))
+                return original(observed)
+
+            return observe
+
+        return make
+
+    with contextlib.ExitStack() as stack:
+        for _, quantizer in named:
+            stack.enter_context(hooks.intercept(quantizer, "observe", recorder(quantizer)))
+        yield
 
 
 def calibrate(model, dataset, method="minmax", num_batches=None, batch_size=8, percentile=99.99):
@@ -102,7 +128,8 @@ def calibrate(model, dataset, method="minmax", num_batches=None, batch_size=8, p
 
     length = infer_sequence_length(model)
     seen = 0
-    with layer_quantizers.recording_histograms() as histograms:
+    histograms = {}
+    with _observing(named, histograms):
         for batch in _batches(dataset, batch_size, num_batches, length):
             model(batch, training=False)
             seen += 1
@@ -115,11 +142,11 @@ def calibrate(model, dataset, method="minmax", num_batches=None, batch_size=8, p
     ranges = {}
     for name, quantizer in named:
         entry = histograms.get(id(quantizer))
-        if entry is None:
+        if entry is None or not entry.total:
             logging.warning("calibrate: %s saw no data; its range is unchanged.", name)
             continue
         lo, hi = calibration_lib.choose_range(
-            entry[1],
+            entry,
             method,
             num_bits=quantizer.num_bits,
             symmetric=quantizer.symmetric,

@@ -17,11 +17,9 @@ A config instance is deep-copied per layer, so quantizers may be created in
 ``__init__`` or in the getters.
 """
 
-import re
-
 import keras
 
-from keras_llmopt._src.core import keras_compat
+from keras_llmopt._src.core import keras_compat, layer_tree
 from keras_llmopt._src.quantization.layer_quantizers import (
     ActivationQuantizer,
     FixedRangeQuantizer,
@@ -116,11 +114,10 @@ def _weight_quantizer(scheme, output_axes=1, per_channel=None):
 
 def einsum_output_axes(layer):
     """Trailing kernel axes of an EinsumDense that index its output (1 if not trailing)."""
-    equation = layer.equation.replace(" ", "")
-    match = re.match(r"([a-zA-Z.]+),([a-zA-Z.]+)->([a-zA-Z.]+)", equation)
-    if not match:
+    parts = layer_tree.einsum_parts(layer)
+    if parts is None:
         return 1
-    _, kernel, output = match.groups()
+    _, kernel, output = parts
     count = 0
     for letter in reversed(kernel):
         if letter not in output:
@@ -139,11 +136,10 @@ def einsum_dense_view(layer):
     one matmul with a 2-D ``(inputs, outputs)`` kernel, which TFLite turns into a
     FULLY_CONNECTED with per-output-channel int8 weights.
     """
-    equation = getattr(layer, "equation", "").replace(" ", "")
-    match = re.match(r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$", equation)
-    if not match:
+    parts = layer_tree.einsum_parts(layer)
+    if parts is None or "." in "".join(parts):
         return None
-    inputs, kernel, output = match.groups()
+    inputs, kernel, output = parts
     k_in = "".join(c for c in kernel if c in inputs and c not in output)
     k_out = "".join(c for c in kernel if c in output and c not in inputs)
     if not k_in or not k_out or kernel != k_in + k_out:
@@ -487,13 +483,77 @@ def fold_query_scales(layer_configs):
 
 
 def default_config(layer, scheme):
-    """The default config for ``layer`` under ``scheme``, or ``None``."""
+    """The default config for ``layer`` under ``scheme``, or ``None``.
+
+    A layer type with no quantization default of its own but registered in the core's
+    weight table (``keras_llmopt.techniques``' ``register_weights``, the table pruning
+    and clustering use) gets :class:`RegisteredWeightsConfig`: one registration serves
+    every technique.
+
+    Example:
+        >>> from keras_llmopt._src.core import layer_tree
+        >>> from keras_llmopt._src.quantization import schemes
+        >>> class Scale(keras.layers.Layer):
+        ...     def build(self, shape):
+        ...         self.w = self.add_weight(shape=(shape[-1], 4))
+        ...     def call(self, x):
+        ...         return x @ self.w
+        >>> layer_tree.register_weights(Scale, ["w"])
+        >>> type(default_config(Scale(), schemes.get_scheme("default_8bit"))).__name__
+        'RegisteredWeightsConfig'
+    """
     for matches, factory in reversed(_DEFAULTS):
         if matches(layer):
             return factory(layer, scheme)
+    entry = layer_tree.table_entry(layer)
+    if entry is not None:
+        return RegisteredWeightsConfig(scheme, list(entry.weight_names))
     return None
 
 
 def has_default(layer):
-    """Whether a default config is registered for ``layer``'s type."""
-    return any(matches(layer) for matches, _ in _DEFAULTS)
+    """Whether a default config is registered for ``layer``'s type (or its weights are)."""
+    return any(matches(layer) for matches, _ in _DEFAULTS) or layer_tree.is_registered(layer)
+
+
+@keras.saving.register_keras_serializable(package="keras_llmopt")
+class RegisteredWeightsConfig(_SchemeConfig):
+    """A layer known only by the core's weight table: its weights per output channel.
+
+    The output channel of each weight is the product of its trailing axes that do not
+    run along the input (from the table's ``input_axes``); the outputs get an
+    activation range when the scheme quantizes activations.
+
+    Args:
+        scheme: A ``QuantizeScheme``.
+        weight_names: The weights' attribute names.
+    """
+
+    def __init__(self, scheme, weight_names):
+        super().__init__(scheme)
+        self.weight_names = list(weight_names)
+
+    def get_config(self):
+        return {**super().get_config(), "weight_names": self.weight_names}
+
+    def get_weights_and_quantizers(self, layer):
+        found = []
+        weights, _ = layer_tree.find_weights(layer)
+        by_name = {w.name: w for w in weights}
+        for name in self.weight_names:
+            ref = by_name.get(name)
+            rank = len(ref.shape) if ref is not None else 2
+            inputs = set(ref.input_axes) if ref is not None else {0}
+            trailing = 0
+            for axis in reversed(range(rank)):
+                if axis in inputs:
+                    break
+                trailing += 1
+            per_channel = None if trailing else False
+            found.append((name, _weight_quantizer(self.scheme, trailing, per_channel)))
+        return found
+
+    def get_output_quantizers(self, layer):
+        if self.scheme.activation_bits is None:
+            return []
+        return [_activation_quantizer(self.scheme)]

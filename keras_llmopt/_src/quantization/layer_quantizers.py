@@ -10,18 +10,13 @@ On other backends (JAX) the same maths runs in ``keras.ops``
 (:func:`~keras_llmopt._src.quantization.quantizers.fake_quant`).
 """
 
-import contextlib
 import math
 
 import keras
 from keras import ops
 
-from keras_llmopt._src.quantization import calibration as calibration_lib
 from keras_llmopt._src.quantization import observers
 from keras_llmopt._src.quantization.quantizers import QuantSpec, fake_quant
-
-# While calibrating: {id(quantizer): Histogram}; activation quantizers record into it.
-_CALIBRATION = {"histograms": None}
 
 _MIN_RANGE = 1e-8
 
@@ -231,17 +226,16 @@ class ActivationQuantizer(Quantizer):
         if self.observer is None:
             raise ValueError("ActivationQuantizer is not built: call build(layer, shape, name).")
         observed = x if observed is None else observed
-        histograms = _CALIBRATION["histograms"]
-        if histograms is not None:
-            if id(self) not in histograms:
-                histograms[id(self)] = (self, calibration_lib.Histogram(num_bins=1024, signed=True))
-            histograms[id(self)][1].update(ops.convert_to_numpy(ops.cast(observed, "float32")))
+        self.observe(observed)
         if training:
             lo, hi = self.observer.update(ops.stop_gradient(observed))
             lo, hi = self.range(lo, hi)
         else:
             lo, hi = self.range()
         return fake_quant_range(x, lo, hi, self.num_bits, self.symmetric)
+
+    def observe(self, observed):
+        """Receives each tensor the range is taken from (a no-op; calibration hooks it)."""
 
     def get_config(self):
         return {
@@ -288,20 +282,3 @@ class FixedRangeQuantizer(Quantizer):
             "num_bits": self.num_bits,
             "narrow_range": self.narrow_range,
         }
-
-
-@contextlib.contextmanager
-def recording_histograms():
-    """Within the block, activation quantizers add what they observe to histograms.
-
-    Yields:
-        A dict ``{id(quantizer): (quantizer, Histogram)}`` filled as the model runs
-        (eagerly).
-    """
-    previous = _CALIBRATION["histograms"]
-    histograms = {}
-    _CALIBRATION["histograms"] = histograms
-    try:
-        yield histograms
-    finally:
-        _CALIBRATION["histograms"] = previous

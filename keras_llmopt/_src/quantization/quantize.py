@@ -14,9 +14,10 @@ import dataclasses
 import keras
 from absl import logging
 
-from keras_llmopt._src.core import keras_compat, layer_state, layer_tree, targeting
+from keras_llmopt._src.core import keras_compat, layer_state, layer_tree, model_copy, targeting
+from keras_llmopt._src.core import saving as core_saving
+from keras_llmopt._src.core import strip as core_strip
 from keras_llmopt._src.quantization import configs as configs_lib
-from keras_llmopt._src.quantization import saving
 from keras_llmopt._src.quantization import schemes as schemes_lib
 from keras_llmopt._src.quantization import state as state_lib
 
@@ -33,20 +34,43 @@ class _Annotation:
 class QuantizeReport:
     """What ``quantize_apply`` quantized and what it left in float, with reasons.
 
+    The same targeting (``targets`` / ``ignore`` patterns) and the same questions as
+    pruning's report: ``selected_paths`` and ``reason(path)``.
+
     Attributes:
         scheme: The scheme's name.
         quantized: Paths of the quantized layers.
         skipped: ``{path: reason}`` of layers with weights left in float.
 
     Example:
-        >>> report = QuantizeReport("default_8bit", ["dense"], {})
-        >>> report.quantized
-        ['dense']
+        >>> report = QuantizeReport("default_8bit", ["dense"], {"lm_head": "matched `ignore`"})
+        >>> report.selected_paths, report.reason("lm_head")
+        (['dense'], 'matched `ignore`')
     """
 
     scheme: str
     quantized: list
     skipped: dict
+
+    @property
+    def selected_paths(self):
+        """Paths of the quantized layers (as in pruning's ``TargetReport``)."""
+        return list(self.quantized)
+
+    def reason(self, path):
+        """Why ``path`` was skipped (``""`` when quantized); ``KeyError`` if unknown."""
+        if path in self.quantized:
+            return ""
+        return self.skipped[path]
+
+    def to_record(self):
+        """Plain data (saved with the model)."""
+        return {"scheme": self.scheme, "quantized": list(self.quantized), "skipped": self.skipped}
+
+    @classmethod
+    def from_record(cls, record):
+        """The report saved by :meth:`to_record`."""
+        return cls(record["scheme"], list(record["quantized"]), dict(record["skipped"]))
 
     def __str__(self):
         lines = [f"quantized {len(self.quantized)} layers ({self.scheme})"]
@@ -76,18 +100,25 @@ def _is_quantized(model):
 
 
 def _working_copy(model):
-    """A plain copy: pruning wrappers/states stripped (their zeros become masks later)."""
+    """A plain copy: other techniques' states baked in (pruned zeros become masks later)."""
     if _is_quantized(model):
         raise ValueError(
             f"Model '{model.name}' is already quantized. Received: a model returned by "
             "quantize_model/quantize_apply; quantize the float model instead."
         )
-    from keras_llmopt._src.sparsity import strip as strip_lib
-    from keras_llmopt._src.sparsity.units import pruning_units
+    if layer_state.find_states(model):
+        return core_strip.strip_techniques(model, None, "quantizing")
+    if _has_pruning_wrappers(model):
+        from keras_llmopt._src.sparsity import strip as strip_lib
 
-    if pruning_units(model):
         return strip_lib.strip_pruning(model)
-    return state_lib.uncompiled_copy(model, "quantizing")
+    return model_copy.copy_model(model, "quantizing", compiled=False)
+
+
+def _has_pruning_wrappers(model):
+    return any(
+        type(node.layer).__name__ == "PruneLowMagnitude" for node in layer_tree.walk_layers(model)
+    )
 
 
 def quantize_annotate_layer(to_annotate, quantize_config=None):
@@ -165,20 +196,28 @@ def _annotations(model):
     }
 
 
-def _apply(work, annotations, scheme, preserve_sparsity, ignore):
-    ignore = targeting._as_patterns(ignore, "ignore")
+def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
+    ignore = targeting.as_patterns(ignore, "ignore")
+    targets = targeting.as_patterns(targets, "targets")
     walked = list(layer_tree.walk_layers(work))
     nodes = [node for node in walked if node.path in annotations]
     symmetric = configs_lib.attention_value_operands(node.layer for node in walked)
-    chosen, skipped = [], {}
+    chosen, skipped, used_targets = [], {}, set()
     for node in nodes:
         annotation = annotations[node.path]
         layer = node.layer
-        if isinstance(layer, state_lib.QuantizeState):
+        if isinstance(layer, layer_state.LayerState):
             continue
-        if any(targeting.path_matches(node.path, p) for p in ignore):
+        matched_target = targeting.first_match(node.path, targets)
+        used_targets.add(matched_target)
+        if targets and not matched_target and not annotation.explicit:
             if _own_weights(layer):
-                skipped[node.path] = "matched `ignore`"
+                skipped[node.path] = "not matched by `targets`"
+            continue
+        matched_ignore = targeting.first_match(node.path, ignore)
+        if matched_ignore:
+            if _own_weights(layer):
+                skipped[node.path] = f"ignored by pattern {matched_ignore!r} (matched `ignore`)"
             continue
         config = annotation.config
         if config is None:
@@ -203,6 +242,13 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore):
             skipped[node.path] = "layer is not built"
             continue
         chosen.append((node, config, annotation.config is None))
+    unused = [t for t in targets if t not in used_targets]
+    if unused:
+        raise ValueError(
+            f"`targets` patterns {unused} match no layer of {work.name!r}. Layer paths look "
+            f"like: {[n.path for n in nodes if _own_weights(n.layer)][:8]}. "
+            f"Received: targets={list(targets)!r}"
+        )
     configs_lib.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
     quantized = []
     for node, config, _ in chosen:
@@ -216,12 +262,12 @@ def _finish(work, report):
     if not report.quantized:
         raise ValueError(f"Nothing to quantize in model '{work.name}'.\n{report}")
     object.__setattr__(work, "quantize_report", report)
-    saving.make_saveable(work)
+    core_saving.make_saveable(work)
     logging.info("quantize: %s", report)
     return work
 
 
-def quantize_apply(model, scheme="default_8bit", preserve_sparsity=True, ignore=None):
+def quantize_apply(model, scheme="default_8bit", preserve_sparsity=True, ignore=None, targets=None):
     """Quantizes the annotated layers of a model for quantization-aware training.
 
     Args:
@@ -234,7 +280,10 @@ def quantize_apply(model, scheme="default_8bit", preserve_sparsity=True, ignore=
             ``"4bit_weights_group128"`` (group-wise), or a :class:`QuantizeScheme`.
         preserve_sparsity: Weights with exact zeros (pruned models) keep them:
             a fixed mask multiplies the weight before fake quantization.
-        ignore: Layer path patterns to leave in float.
+        ignore: Layer path patterns to leave in float (glob or ``"re:<regex>"``, as
+            for pruning).
+        targets: Layer path patterns to quantize (default: every annotated layer);
+            a pattern that matches no layer is an error.
 
     Returns:
         A new model; ``model.quantize_report`` lists what was quantized and skipped.
@@ -260,10 +309,12 @@ def quantize_apply(model, scheme="default_8bit", preserve_sparsity=True, ignore=
             "quantize_model(model)."
         )
     work = _working_copy(model)
-    return _finish(work, _apply(work, annotations, scheme, preserve_sparsity, ignore))
+    return _finish(work, _apply(work, annotations, scheme, preserve_sparsity, ignore, targets))
 
 
-def quantize_model(to_quantize, scheme="default_8bit", preserve_sparsity=True, ignore=None):
+def quantize_model(
+    to_quantize, scheme="default_8bit", preserve_sparsity=True, ignore=None, targets=None
+):
     """Quantization-aware copy of any Keras 3 model (tfmot's ``quantize_model``).
 
     ``quantize_annotate_model`` then ``quantize_apply``: Dense, EinsumDense (the
@@ -282,7 +333,9 @@ def quantize_model(to_quantize, scheme="default_8bit", preserve_sparsity=True, i
             KerasHub), possibly pruned with ``keras_llmopt.sparsity``; not modified.
         scheme: See :func:`quantize_apply`.
         preserve_sparsity: Keep exact zeros of pruned weights (PQAT).
-        ignore: Layer path patterns to leave in float.
+        ignore: Layer path patterns to leave in float (glob or ``"re:<regex>"``).
+        targets: Layer path patterns to quantize (default: every layer with a
+            known config); the same patterns as ``prune_low_magnitude``.
 
     Returns:
         The quantization-aware model, with a ``quantize_report`` attribute.
@@ -300,7 +353,7 @@ def quantize_model(to_quantize, scheme="default_8bit", preserve_sparsity=True, i
     for path, annotation in _annotations(to_quantize).items():
         if path in annotations:
             annotations[path] = annotation
-    return _finish(work, _apply(work, annotations, scheme, preserve_sparsity, ignore))
+    return _finish(work, _apply(work, annotations, scheme, preserve_sparsity, ignore, targets))
 
 
 @contextlib.contextmanager
@@ -364,39 +417,4 @@ def strip_quantization(model):
             "`model` is not quantization-aware (no quantized layers). Received: "
             f"model={getattr(model, 'name', model)!r}"
         )
-    values = {}
-    for path, state in found:
-        for qw in state.weights_q:
-            values[(path, qw.storage_attr)] = keras.ops.convert_to_numpy(qw.variable_value())
-    restore = []
-    try:
-        for _, state in found:
-            layer = state.get_owner()
-            restore.append((layer, vars(layer).get("call")))
-            layer_state.set_tracked(layer, state_lib.STATE_ATTR, None)
-            for name in ("call", keras_compat.COMPUTE_ATTENTION_ATTR):
-                if name in vars(layer):
-                    object.__delattr__(layer, name)
-        with saving.as_float_class(model):
-            plain = state_lib.uncompiled_copy(model)
-    finally:
-        for (_, state), (layer, call) in zip(found, restore):
-            layer_state.set_tracked(layer, state_lib.STATE_ATTR, state)
-            if call is not None:
-                object.__setattr__(layer, "call", call)
-            if state.attention_q:
-                from keras_llmopt._src.quantization import attention as attention_lib
-
-                object.__setattr__(
-                    layer,
-                    keras_compat.COMPUTE_ATTENTION_ATTR,
-                    attention_lib.make_compute_attention(
-                        layer, state.attention_q, layer_state.is_training
-                    ),
-                )
-    nodes = {node.path: node.layer for node in layer_tree.walk_layers(plain)}
-    for (path, attr), value in values.items():
-        if path not in nodes:
-            raise ValueError(f"strip_quantization: layer '{path}' is missing from the copy.")
-        getattr(nodes[path], attr).assign(value)
-    return plain
+    return core_strip.strip_techniques(model, state_lib.TECHNIQUE, "stripping quantization")

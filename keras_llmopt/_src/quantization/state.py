@@ -1,27 +1,27 @@
-"""In-place quantization of one layer: a state sublayer and an intercepted ``call``.
+"""In-place quantization of one layer: a :class:`QuantizeState` on the shared layer-state core.
 
 Every quantized layer keeps its place in the model (functional, Sequential,
-subclassed, KerasHub): it gets a :class:`QuantizeState` sublayer that owns the
-quantizers' variables (activation ranges, pruning masks: tracked, so ``fit``,
-``save_weights``/checkpoints and distribution strategies carry them), and its
-``call`` is replaced on the instance by one that swaps fake-quantized weights into
-the layer's weight attributes, wraps its activation function, runs the original
-``call`` and fake-quantizes the outputs. ``saving.py`` makes such a model savable.
+subclassed, KerasHub): it gets a :class:`QuantizeState` (activation ranges, pruning
+masks: tracked Keras variables, so ``fit``, checkpoints and distribution strategies
+carry them), and the core's interceptor gives it fake-quantized weights, wraps its
+activation function, and fake-quantizes its outputs. Dense and dense-like EinsumDense
+layers are computed by the state itself from the quantized kernel, with no attribute
+swapped while an observer updates (under MirroredStrategy an update is a merge_call,
+where replica threads interleave). ``core.saving`` makes such a model savable.
 """
 
-import contextlib
 import math
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_llmopt._src.core import keras_compat, layer_tree
-from keras_llmopt._src.core.layer_state import call_training, is_training, set_tracked
+from keras_llmopt._src.core import keras_compat, layer_state, layer_tree
 from keras_llmopt._src.quantization import attention as attention_lib
 from keras_llmopt._src.quantization.configs import AttentionConfig, QuantizeConfig
 
-STATE_ATTR = "_llmopt_quantize_state"
+TECHNIQUE = "quantization"
+STATE_ATTR = layer_state.state_attr(TECHNIQUE)
 
 
 class _QuantizedWeight:
@@ -34,12 +34,14 @@ class _QuantizedWeight:
         self.dense_view = dense_view
         self.scale = scale  # a folded output scale (WeightedLayerConfig.output_scale)
 
-    def value(self, training):
+    def value(self, training, weight=None):
         """The fake-quantized weight (2-D ``(inputs, outputs)`` for a dense view).
 
-        With a folded ``scale`` this is the quantized ``scale * weight``.
+        ``weight``: the value to quantize (what the states before quantization leave;
+        default: the variable). With a folded ``scale`` this is the quantized
+        ``scale * weight``.
         """
-        w = ops.convert_to_tensor(self.variable)
+        w = ops.convert_to_tensor(self.variable if weight is None else weight)
         if self.mask is not None:
             w = w * ops.cast(ops.convert_to_tensor(self.mask), w.dtype)
         if self.dense_view is not None:
@@ -48,16 +50,16 @@ class _QuantizedWeight:
             w = w * ops.cast(self.scale, w.dtype)
         return self.quantizer(w, training=training)
 
-    def variable_value(self):
+    def variable_value(self, weight=None):
         """The fake-quantized weight in the variable's shape and scale (inference)."""
-        w = ops.reshape(self.value(False), tuple(self.variable.shape))
+        w = ops.reshape(self.value(False, weight), tuple(self.variable.shape))
         if self.scale is not None:
             w = w / ops.cast(self.scale, w.dtype)
         return w
 
 
 @keras.saving.register_keras_serializable(package="keras_llmopt")
-class QuantizeState(keras.layers.Layer):
+class QuantizeState(layer_state.LayerState):
     """Holds the quantization variables of one quantized layer (never called itself).
 
     Example:
@@ -70,6 +72,9 @@ class QuantizeState(keras.layers.Layer):
         ['output_0_min', 'output_0_max', 'output_0_count']
     """
 
+    technique = TECHNIQUE
+    order = 30
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         object.__setattr__(self, "weights_q", [])
@@ -77,7 +82,6 @@ class QuantizeState(keras.layers.Layer):
         object.__setattr__(self, "outputs_q", [])
         object.__setattr__(self, "attention_q", {})
         object.__setattr__(self, "config", None)
-        object.__setattr__(self, "_owner", lambda: None)
 
     def setup(self, owner, config, path, preserve_sparsity=True, masked=None):
         """Resolves ``config`` against ``owner`` and creates the variables.
@@ -86,7 +90,6 @@ class QuantizeState(keras.layers.Layer):
         current zeros (a saved model being rebuilt; the masks' values are loaded).
         """
         object.__setattr__(self, "config", config)
-        object.__setattr__(self, "_owner", lambda: owner)
         weights = []
         dense_view = getattr(config, "dense_view", None)
         output_scale = getattr(config, "output_scale", None)
@@ -135,11 +138,6 @@ class QuantizeState(keras.layers.Layer):
         object.__setattr__(self, "activations_q", activations)
         object.__setattr__(self, "outputs_q", outputs)
         object.__setattr__(self, "attention_q", attention)
-        self.built = True
-
-    def get_owner(self):
-        """The quantized layer."""
-        return self._owner()
 
     @property
     def is_empty(self):
@@ -155,8 +153,91 @@ class QuantizeState(keras.layers.Layer):
         found += [(f"attention:{n}", q) for n, q in self.attention_q.items()]
         return [(n, q) for n, q in found if isinstance(q, ActivationQuantizer)]
 
-    def call(self, *args, **kwargs):
-        raise RuntimeError("QuantizeState holds variables only; it is not meant to be called.")
+    @property
+    def dense_view(self):
+        """``(input axes, output axes)`` when the state computes the layer as one matmul."""
+        view = getattr(self.config, "dense_view", None)
+        return view if view is not None and self.weights_q else None
+
+    # -- layer-state hooks --------------------------------------------------------
+
+    def weight_attrs(self):
+        return [qw.storage_attr for qw in self.weights_q]
+
+    def transform_weight(self, attr, value, training):
+        if self.dense_view is not None:
+            return value  # quantized in compute(), from this value
+        for qw in self.weights_q:
+            if qw.storage_attr == attr:
+                out = qw.value(training, value)
+                if qw.dense_view is not None:
+                    out = ops.reshape(out, tuple(qw.variable.shape))
+                return out
+        return value
+
+    def attribute_overrides(self, layer, training):
+        if self.dense_view is not None:
+            return {}
+        overrides = {}
+        for attr, quantizer in self.activations_q:
+            function = getattr(layer, attr)
+
+            def wrapped(x, _f=function, _q=quantizer):
+                return _f(_q(x, training=training))
+
+            overrides[attr] = wrapped
+        return overrides
+
+    def compute(self, layer, values, training):
+        if self.dense_view is None:
+            return None
+        qw = self.weights_q[0]
+        kernel = qw.value(training, values[qw.storage_attr])
+
+        def dense_call(inputs, *args, **kwargs):
+            return _einsum_as_dense(layer, inputs, kernel, self.dense_view, self, training)
+
+        return dense_call
+
+    def transform_outputs(self, layer, outputs, call_kwargs, training):
+        if self.dense_view is not None:
+            quantizers = self.outputs_q
+        else:
+            quantizers = self.config.select_output_quantizers(layer, call_kwargs, self.outputs_q)
+        return _quantize_outputs(outputs, quantizers, training)
+
+    def on_install(self, layer):
+        if self.attention_q:
+            object.__setattr__(
+                layer,
+                keras_compat.COMPUTE_ATTENTION_ATTR,
+                attention_lib.make_compute_attention(
+                    layer, self.attention_q, layer_state.is_training
+                ),
+            )
+
+    def on_remove(self, layer):
+        if keras_compat.COMPUTE_ATTENTION_ATTR in vars(layer):
+            object.__delattr__(layer, keras_compat.COMPUTE_ATTENTION_ATTR)
+
+    def baked_weights(self, values):
+        return {
+            qw.storage_attr: qw.variable_value(values[qw.storage_attr]) for qw in self.weights_q
+        }
+
+    def record(self):
+        try:
+            config = keras.saving.serialize_keras_object(self.config)
+        except Exception as error:
+            raise ValueError(
+                f"the QuantizeConfig ({type(self.config).__name__}) cannot be serialized: "
+                f"{error}. A custom QuantizeConfig needs `get_config()` returning its "
+                "constructor arguments"
+            ) from error
+        return {
+            "config": config,
+            "masked": [qw.name for qw in self.weights_q if qw.mask is not None],
+        }
 
 
 def _mask_values(name, variable, preserve_sparsity, masked):
@@ -194,30 +275,6 @@ def _resolve_weight(owner, ref, path):
             "of the layer, so it cannot be swapped for its quantized value."
         )
     return name.split("/")[-1], variable, attr
-
-
-@contextlib.contextmanager
-def _swapped(layer, state, training):
-    saved = []
-    try:
-        for qw in state.weights_q:
-            saved.append((qw.storage_attr, getattr(layer, qw.storage_attr)))
-            value = qw.value(training)
-            if qw.dense_view is not None:
-                value = ops.reshape(value, tuple(qw.variable.shape))
-            object.__setattr__(layer, qw.storage_attr, value)
-        for attr, quantizer in state.activations_q:
-            function = getattr(layer, attr)
-            saved.append((attr, function))
-
-            def wrapped(x, _f=function, _q=quantizer):
-                return _f(_q(x, training=training))
-
-            object.__setattr__(layer, attr, wrapped)
-        yield
-    finally:
-        for attr, value in reversed(saved):
-            object.__setattr__(layer, attr, value)
 
 
 def _einsum_as_dense(layer, x, kernel, dense_view, state, training):
@@ -266,7 +323,8 @@ def _quantize_outputs(outputs, quantizers, training):
 def install(layer, config, path, preserve_sparsity=True, masked=None):
     """Quantizes ``layer`` in place with ``config``; returns its :class:`QuantizeState`.
 
-    ``masked``: see :meth:`QuantizeState.setup`.
+    A config with nothing to quantize on this layer gives an empty state that is not
+    installed. ``masked``: see :meth:`QuantizeState.setup`.
 
     Raises:
         TypeError: ``config`` is not a :class:`QuantizeConfig`.
@@ -277,71 +335,29 @@ def install(layer, config, path, preserve_sparsity=True, masked=None):
             f"The quantize_config of layer '{path}' must be a QuantizeConfig. "
             f"Received: quantize_config={config!r}"
         )
-    state = QuantizeState(name=f"{layer.name}_quantize_state", dtype="float32")
+    state = QuantizeState(name=f"{layer.name}_quantize_state")
     state.setup(layer, config, path, preserve_sparsity, masked)
-    if state.is_empty:
-        return state
-    set_tracked(layer, STATE_ATTR, state)
-    original = layer.call
-
-    def quantized_call(*args, **kwargs):
-        training = call_training(kwargs)
-        with _swapped(layer, state, training):
-            outputs = original(*args, **kwargs)
-        quantizers = state.config.select_output_quantizers(layer, kwargs, state.outputs_q)
-        outputs = _quantize_outputs(outputs, quantizers, training)
-        return outputs
-
-    dense_view = getattr(config, "dense_view", None)
-    if dense_view is not None and state.weights_q:
-
-        def quantized_call(inputs, *args, **kwargs):  # noqa: F811
-            training = call_training(kwargs)
-            kernel = state.weights_q[0].value(training)
-            outputs = _einsum_as_dense(layer, inputs, kernel, dense_view, state, training)
-            return _quantize_outputs(outputs, state.outputs_q, training)
-
-    object.__setattr__(layer, "call", quantized_call)
-    if state.attention_q:
-        object.__setattr__(
-            layer,
-            keras_compat.COMPUTE_ATTENTION_ATTR,
-            attention_lib.make_compute_attention(layer, state.attention_q, is_training),
-        )
+    if not state.is_empty:
+        layer_state.install(layer, state)
     return state
 
 
-def copy_model(model, what="quantizing"):
-    """A deep, independent copy of a Keras model (Keras copies through its saving code)."""
-    import copy
-
+def restore(layer, record, path):
+    """Re-creates a saved layer's :class:`QuantizeState` (values are loaded after)."""
     try:
-        return copy.deepcopy(model)
+        config = keras.saving.deserialize_keras_object(record["config"])
     except Exception as error:
         raise ValueError(
-            f"Could not copy model '{model.name}' ({type(model).__name__}) before {what} (the "
-            f"user's model is never modified): {error}. Custom layers and models need "
-            "`get_config()` and `keras.saving.register_keras_serializable()` to be copied."
+            f"Loading a quantized model: the QuantizeConfig of layer '{path}' could not be "
+            f"rebuilt ({error}). Load inside "
+            "`keras_llmopt.quantization.quantize_scope({'MyConfig': MyConfig})` or "
+            "register the class with keras.saving.register_keras_serializable()."
         ) from error
-
-
-def uncompiled_copy(model, what="stripping"):
-    """A deep copy of ``model`` without its compiled optimizer (whose state would not fit)."""
-    saved = {k: vars(model)[k] for k in ("optimizer", "compiled") if k in vars(model)}
-    try:
-        for key in saved:
-            object.__setattr__(model, key, None if key == "optimizer" else False)
-        return copy_model(model, what)
-    finally:
-        for key, value in saved.items():
-            object.__setattr__(model, key, value)
+    state = QuantizeState(name=f"{layer.name}_quantize_state")
+    state.setup(layer, config, path, masked=set(record["masked"]))
+    return state
 
 
 def states(model):
     """``[(path, QuantizeState)]`` of every quantized layer under ``model``."""
-    found = []
-    for node in layer_tree.walk_layers(model):
-        state = vars(node.layer).get(STATE_ATTR)
-        if isinstance(state, QuantizeState):
-            found.append((node.path, state))
-    return found
+    return layer_state.find_states(model, TECHNIQUE)

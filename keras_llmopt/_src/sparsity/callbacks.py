@@ -41,8 +41,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
         >>> x, y = np.ones((8, 8), "float32"), np.zeros((8, 4), "float32")
         >>> _ = pruned.fit(x, y, batch_size=4, verbose=0,
         ...                callbacks=[sparsity.UpdatePruningStep()])
-        >>> int(pruned.layers[0].pruning_step), float(sparsity.sparsity_report(pruned)
-        ...                                            .pruned_sparsity)
+        >>> from keras_llmopt import techniques
+        >>> state = techniques.get_state(pruned.layers[0], "pruning")
+        >>> int(state.pruning_step), float(sparsity.sparsity_report(pruned).pruned_sparsity)
         (1, 0.5)
     """
 

@@ -1,29 +1,26 @@
-"""In-place pruning of layers inside models that cannot be rebuilt from a graph.
+"""In-place pruning of a layer: a :class:`PruningState` on the shared layer-state core.
 
-Subclassed models, nested custom layers and KerasHub backbones/CausalLMs keep
-their structure: each targeted leaf layer gets a :class:`PruningState` sublayer
-(masks, thresholds and step as tracked Keras variables, so ``fit``, custom
-loops, ``save_weights``/``load_weights`` and checkpoints carry them) and its
-``call`` is intercepted by an instance attribute that updates the masks in a
-training call and runs the original ``call`` with ``weight * mask``.
-
-A ``.keras`` file cannot describe these patches (the model is rebuilt from its
-own config), so ``get_config`` of such a model raises a clear error instead of
-silently saving a model that would load without its masks. Save with
-``save_weights`` and restore by re-applying ``prune_low_magnitude`` then
-``load_weights``, or ``strip_pruning`` first.
+``prune_low_magnitude(model)`` prunes every targeted layer where it stands
+(functional, Sequential, subclassed, nested custom layers, KerasHub): the layer gets
+a :class:`PruningState` (masks, thresholds and step as tracked Keras variables, so
+``fit``, custom loops, checkpoints and ``model.save`` carry them) and the core's
+interceptor updates the masks in a training call and gives the layer
+``weight * mask`` to compute with. The model saves and loads with ``model.save`` /
+``keras.saving.load_model`` (``core.saving``) and resumes mid-schedule.
 """
 
 import keras
+from keras import ops
 
-from keras_llmopt._src.core.layer_state import call_training, set_tracked
+from keras_llmopt._src.core import layer_state, layer_tree
 from keras_llmopt._src.sparsity import state as state_lib
 
-STATE_ATTR = "_llmopt_pruning_state"
+TECHNIQUE = "pruning"
+STATE_ATTR = layer_state.state_attr(TECHNIQUE)
 
 
 @keras.saving.register_keras_serializable(package="keras_llmopt")
-class PruningState(keras.layers.Layer):
+class PruningState(layer_state.LayerState):
     """Holds the pruning variables of one in-place pruned layer (not called itself).
 
     Args:
@@ -46,6 +43,9 @@ class PruningState(keras.layers.Layer):
         0.5
     """
 
+    technique = TECHNIQUE
+    order = 10
+
     def __init__(self, pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n, **kwargs):
         super().__init__(**kwargs)
         (
@@ -57,10 +57,7 @@ class PruningState(keras.layers.Layer):
             pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n
         )
         object.__setattr__(self, "pruned", [])
-        # A callable, not the layer: Keras's saving walks attributes and the owner
-        # holds this state, so a direct reference would be a cycle.
-        object.__setattr__(self, "_owner", lambda: None)
-        object.__setattr__(self, "original_call", None)
+        self.pruning_step = None
 
     def setup(self, owner, weights):
         """Creates the variables for ``weights`` (WeightRef list) of ``owner``."""
@@ -72,16 +69,39 @@ class PruningState(keras.layers.Layer):
             pruned, self.block_size, self.block_pooling_type, self.sparsity_m_by_n, owner.name
         )
         object.__setattr__(self, "pruned", pruned)
-        object.__setattr__(self, "_owner", lambda: owner)
         self.pruning_step = state_lib.create_state(self, pruned)
-        self.built = True
 
-    def get_owner(self):
-        """The layer whose weights this state prunes."""
-        return self._owner()
+    # -- layer-state hooks --------------------------------------------------------
 
-    def call(self, *args, **kwargs):
-        raise RuntimeError("PruningState holds variables only; it is not meant to be called.")
+    def weight_attrs(self):
+        return [pw.storage_attr for pw in self.pruned]
+
+    def before_call(self, training):
+        if training:
+            state_lib.update_masks(
+                self.pruned,
+                self.pruning_step,
+                self.pruning_schedule,
+                self.block_size,
+                self.block_pooling_type,
+                self.sparsity_m_by_n,
+            )
+
+    def transform_weight(self, attr, value, training):
+        for pw in self.pruned:
+            if pw.storage_attr == attr:
+                value = ops.convert_to_tensor(value)
+                return value * ops.cast(ops.convert_to_tensor(pw.mask), value.dtype)
+        return value
+
+    def baked_weights(self, values):
+        return {
+            pw.storage_attr: self.transform_weight(pw.storage_attr, values[pw.storage_attr], False)
+            for pw in self.pruned
+        }
+
+    def record(self):
+        return {**state_lib.settings_config(self), "weights": [pw.path for pw in self.pruned]}
 
     def get_config(self):
         config = super().get_config()
@@ -93,28 +113,17 @@ class PruningState(keras.layers.Layer):
         return cls(**state_lib.settings_from_config(config))
 
 
-def _patch_call(layer, state):
-    original = layer.call
-    object.__setattr__(state, "original_call", original)
-
-    def pruned_call(*args, **kwargs):
-        if call_training(kwargs):
-            state_lib.update_masks(
-                state.pruned,
-                state.pruning_step,
-                state.pruning_schedule,
-                state.block_size,
-                state.block_pooling_type,
-                state.sparsity_m_by_n,
-            )
-        with state_lib.masked_weights(state.pruned):
-            return original(*args, **kwargs)
-
-    object.__setattr__(layer, "call", pruned_call)
+def _layer_weights(layer, names=None):
+    weights, reason = layer_tree.find_weights(layer)
+    if reason:
+        raise ValueError(f"Layer '{layer.name}' cannot be pruned: {reason}.")
+    if names is not None:
+        weights = [w for w in weights if w.name in names]
+    return weights
 
 
 def attach(layer, pruning_schedule, block_size, block_pooling_type, sparsity_m_by_n, weights=None):
-    """Prunes ``layer`` in place: adds a :class:`PruningState` and intercepts ``call``.
+    """Prunes ``layer`` in place: installs a :class:`PruningState` on it.
 
     Args:
         layer: A built layer with registered weights.
@@ -127,63 +136,36 @@ def attach(layer, pruning_schedule, block_size, block_pooling_type, sparsity_m_b
     Returns:
         The :class:`PruningState`.
     """
-    from keras_llmopt._src.core import layer_tree
-
     if weights is None:
-        weights, reason = layer_tree.find_weights(layer)
-        if reason:
-            raise ValueError(f"Layer '{layer.name}' cannot be pruned: {reason}.")
+        weights = _layer_weights(layer)
     state = PruningState(
         pruning_schedule,
         block_size,
         block_pooling_type,
         sparsity_m_by_n,
         name=f"{layer.name}_pruning_state",
-        dtype="float32",
     )
     state.setup(layer, weights)
-    set_tracked(layer, STATE_ATTR, state)
-    _patch_call(layer, state)
+    layer_state.install(layer, state)
     return state
 
 
-def detach(layer):
-    """Undoes :func:`attach` on ``layer``; returns the removed state (or ``None``)."""
-    state = getattr(layer, STATE_ATTR, None)
-    if state is None:
-        return None
-    if "call" in vars(layer):
-        object.__delattr__(layer, "call")
-    set_tracked(layer, STATE_ATTR, None)
+def restore(layer, record, path):
+    """Re-creates a saved layer's :class:`PruningState` (values are loaded after).
+
+    Example:
+        >>> import keras
+        >>> from keras_llmopt.sparsity import ConstantSparsity
+        >>> dense = keras.layers.Dense(4)
+        >>> dense.build((None, 8))
+        >>> record = attach(dense, ConstantSparsity(0.5, 0), (1, 1), "AVG", None).record()
+        >>> twin = keras.layers.Dense(4)
+        >>> twin.build((None, 8))
+        >>> [pw.path for pw in restore(twin, record, "twin").pruned]
+        ['kernel']
+    """
+    del path
+    settings = state_lib.settings_from_config({k: v for k, v in record.items() if k != "weights"})
+    state = PruningState(**settings, name=f"{layer.name}_pruning_state")
+    state.setup(layer, _layer_weights(layer, set(record["weights"])))
     return state
-
-
-def reattach(layer, state):
-    """Re-installs a state removed by :func:`detach`."""
-    set_tracked(layer, STATE_ATTR, state)
-    _patch_call(layer, state)
-
-
-def _refuse_config(model):
-    def get_config():
-        raise ValueError(
-            f"Model '{model.name}' was pruned in place (it is not a plain functional or "
-            "Sequential model), so its config cannot describe the pruning and a `.keras` "
-            "file would load without its masks. Use `model.save_weights(...)` and restore "
-            "with `prune_low_magnitude(<same model>, <same arguments>)` then "
-            "`load_weights(...)`, or call `keras_llmopt.sparsity.strip_pruning(model)` "
-            "before `model.save(...)`."
-        )
-
-    object.__setattr__(model, "get_config", get_config)
-
-
-def mark_model(model):
-    """Makes ``model.get_config`` (and so ``model.save``) fail loudly."""
-    _refuse_config(model)
-
-
-def unmark_model(model):
-    """Undoes :func:`mark_model`."""
-    if "get_config" in vars(model):
-        object.__delattr__(model, "get_config")

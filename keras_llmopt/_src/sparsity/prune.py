@@ -1,12 +1,11 @@
 """``prune_low_magnitude``: the entry point (tfmot name and semantics, any Keras 3 model)."""
 
-import copy
 import warnings
 
 import keras
 from absl import logging
 
-from keras_llmopt._src.core import keras_compat, targeting
+from keras_llmopt._src.core import keras_compat, model_copy, saving, targeting
 from keras_llmopt._src.sparsity import inplace
 from keras_llmopt._src.sparsity import policy as policy_lib
 from keras_llmopt._src.sparsity import schedules as schedules_lib
@@ -14,38 +13,6 @@ from keras_llmopt._src.sparsity import state as state_lib
 from keras_llmopt._src.sparsity.wrapper import PruneLowMagnitude
 
 _DEFAULT_SCHEDULE = schedules_lib.ConstantSparsity(0.5, 0)
-
-
-def _is_plain_graph_model(model):
-    return keras_compat.is_plain_graph_model(model)
-
-
-def copy_model(model, what="model"):
-    """A deep, independent copy of a Keras model (Keras copies through its saving code)."""
-    try:
-        return copy.deepcopy(model)
-    except Exception as error:
-        raise ValueError(
-            f"Could not copy {what} '{model.name}' ({type(model).__name__}) before pruning "
-            f"(the user's model is never modified): {error}. Subclassed models and custom "
-            "layers need `get_config()` and registration with "
-            "`keras.saving.register_keras_serializable()` to be copied."
-        ) from error
-
-
-def _prune_graph_model(model, selected, settings):
-    groups = {}
-    for path, (_, weights) in selected.items():
-        top, _, rest = path.partition("/")
-        for w in weights:
-            groups.setdefault(top, []).append(f"{rest}/{w.name}" if rest else w.name)
-
-    def clone_function(layer):
-        if layer.name in groups:
-            return PruneLowMagnitude(layer, *settings, pruned_weights=groups[layer.name])
-        return layer
-
-    return keras.models.clone_model(model, clone_function=clone_function)
 
 
 def _prune_in_place(model, selected, settings):
@@ -58,8 +25,7 @@ def _prune_in_place(model, selected, settings):
         )
     for _, (layer, weights) in selected.items():
         inplace.attach(layer, *settings, weights=weights)
-    inplace.mark_model(model)
-    return model
+    return saving.make_saveable(model)
 
 
 def prune_low_magnitude(
@@ -77,13 +43,12 @@ def prune_low_magnitude(
 
     tfmot's name and semantics: a layer gives a :class:`PruneLowMagnitude`
     wrapper, a list gives a list of wrappers, a model gives a new pruned
-    model (the model passed in is never modified). For a plain functional or
-    Sequential model the targeted top-level layers are wrapped
-    (``model.save``/``keras.saving.load_model`` keep masks and step); any
-    other model (subclassed, nested custom layers, KerasHub backbones and
+    model (the model passed in is never modified). Any model (functional,
+    Sequential, subclassed, nested custom layers, KerasHub backbones and
     CausalLMs) is pruned in place on a copy: the targeted layers keep their
-    place and carry their masks as tracked variables (``save_weights``,
-    checkpoints); ``model.save`` of such a model raises and says what to do.
+    place and carry their masks as tracked variables, so ``model.save`` /
+    ``keras.saving.load_model``, ``save_weights`` and checkpoints keep masks and
+    step and training resumes mid-schedule.
 
     Dense, EinsumDense (attention q/k/v/o projections, MLPs) and Conv kernels
     are pruned by default; Embedding on request; the token embedding and the
@@ -154,7 +119,7 @@ def prune_low_magnitude(
         )
     if pruning_policy is not None:
         pruning_policy.ensure_model_supports_pruning(to_prune)
-    model = copy_model(to_prune)
+    model = model_copy.copy_model(to_prune, "pruning")
     report, selected = targeting.select_layers(
         model,
         targets=targets,
@@ -164,10 +129,7 @@ def prune_low_magnitude(
     )
     if not selected:
         raise ValueError(f"Nothing to prune in model '{model.name}'.\n{report}")
-    if _is_plain_graph_model(model):
-        pruned = _prune_graph_model(model, selected, settings)
-    else:
-        pruned = _prune_in_place(model, selected, settings)
+    pruned = _prune_in_place(model, selected, settings)
     object.__setattr__(pruned, "pruning_report", report)
     logging.info("prune_low_magnitude: %s", report)
     return pruned

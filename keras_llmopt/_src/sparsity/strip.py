@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
-from keras_llmopt._src.core import keras_compat, layer_tree
+from keras_llmopt._src.core import keras_compat, model_copy
+from keras_llmopt._src.core import strip as core_strip
 from keras_llmopt._src.sparsity import inplace
-from keras_llmopt._src.sparsity.prune import copy_model
 from keras_llmopt._src.sparsity.units import pruning_units
 from keras_llmopt._src.sparsity.wrapper import PruneLowMagnitude
 
@@ -19,7 +19,7 @@ def _bake(pw, target_variable=None):
 
 
 def _strip_graph_model(model):
-    work = copy_model(model, "pruned model")
+    work = model_copy.copy_model(model, "stripping pruning")
 
     def unwrap(layer):
         if isinstance(layer, PruneLowMagnitude):
@@ -29,25 +29,6 @@ def _strip_graph_model(model):
         return layer
 
     return keras.models.clone_model(work, clone_function=unwrap)
-
-
-def _strip_in_place(model, units):
-    detached = []
-    try:
-        for unit in units:
-            owner = unit.holder.get_owner()
-            detached.append((owner, inplace.detach(owner)))
-        inplace.unmark_model(model)
-        clean = copy_model(model, "pruned model")
-    finally:
-        for owner, state in detached:
-            inplace.reattach(owner, state)
-        inplace.mark_model(model)
-    for unit in units:
-        layer = layer_tree.get_layer_by_path(clean, unit.path)
-        for pw in unit.pruned:
-            _bake(pw, getattr(layer, pw.storage_attr))
-    return clean
 
 
 def strip_pruning(model):
@@ -76,7 +57,7 @@ def strip_pruning(model):
         ['Dense']
     """
     if isinstance(model, PruneLowMagnitude):
-        work = copy_model(model, "wrapper")
+        work = model_copy.copy_model(model, "stripping pruning")
         for pw in work.pruned:
             _bake(pw)
         return work.layer
@@ -90,10 +71,10 @@ def strip_pruning(model):
     states = [u for u in units if isinstance(u.holder, inplace.PruningState)]
     if wrappers and states:
         raise ValueError("Model mixes wrapped and in-place pruned layers; cannot strip it.")
-    if states:
-        return _strip_in_place(model, states)
     if not wrappers:
-        return copy_model(model)
+        # In-place states (any mix with other techniques): the core bakes and removes
+        # the pruning states of a copy; other techniques' states stay.
+        return core_strip.strip_techniques(model, inplace.TECHNIQUE, "stripping pruning")
     nested = [u.node_path for u in wrappers if "/" in u.node_path]
     if nested or not isinstance(model, keras.Sequential | keras_compat.Functional):
         raise ValueError(

@@ -1,0 +1,60 @@
+"""k-means weight clustering as a registered technique: the ``cluster`` recipe stage."""
+
+from absl import logging
+
+from keras_llmopt._src.clustering import cluster, kmeans
+from keras_llmopt._src.core import registry, targeting
+from keras_llmopt._src.sparsity.technique import FINETUNE_SCHEMA
+
+CLUSTER_SCHEMA = {
+    "number_of_clusters": ("int", 16, (2, 65536)),
+    "init": ("choice", None, tuple(kmeans.CentroidInitialization.values())),
+    **FINETUNE_SCHEMA,
+    "learning_rate": ("float", 1e-4, (0.0, None, "open")),
+}
+
+
+def run_cluster_stage(model, params, run):
+    """k-means weight clustering (``cluster_weights``), fine-tuned."""
+    kwargs = {"cluster_centroids_init": params["init"]} if params["init"] else {}
+    clustered = cluster.cluster_weights(model, params["number_of_clusters"], **kwargs)
+    if params["steps"]:
+        logging.info(
+            "%s: fine-tuning %d steps with %d clusters",
+            run.label,
+            params["steps"],
+            params["number_of_clusters"],
+        )
+        run.train(clustered, params)
+    return clustered
+
+
+def _model_record(model):
+    report = getattr(model, "clustering_report", None)
+    if not isinstance(report, targeting.TargetReport):
+        return None
+    return {"decisions": report.as_dict(), "action": report.action}
+
+
+def _restore_model(model, record):
+    decisions = [targeting.LayerDecision(**d) for d in record["decisions"]]
+    object.__setattr__(
+        model, "clustering_report", targeting.TargetReport(decisions, record["action"])
+    )
+
+
+CLUSTERING = registry.register_technique(
+    registry.Technique(
+        name=cluster.TECHNIQUE,
+        state_class=cluster.ClusteringState,
+        restore=cluster.restore,
+        stage="cluster",
+        stage_schema=CLUSTER_SCHEMA,
+        run_stage=run_cluster_stage,
+        must_precede=("quantize",),
+        model_record=_model_record,
+        restore_model=_restore_model,
+        description="k-means weight clustering (a trainable codebook per kernel)",
+    ),
+    replace=True,
+)

@@ -1,0 +1,133 @@
+"""Quantization-aware training as a registered technique: the ``quantize`` recipe stage.
+
+Also loads ``.keras`` files written before the shared core (saved under
+``keras_llmopt>QuantizedModel``) by translating their config to the core's format.
+"""
+
+import keras
+from absl import logging
+
+from keras_llmopt._src.core import registry
+from keras_llmopt._src.core import saving as core_saving
+from keras_llmopt._src.quantization import state as state_lib
+from keras_llmopt._src.sparsity.technique import FINETUNE_SCHEMA
+
+CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
+LEGACY_SAVED_NAME = "keras_llmopt>QuantizedModel"
+
+QUANTIZE_SCHEMA = {
+    "scheme": ("str", None, None),
+    "calibrate": ("choice", None, CALIBRATION_METHODS),
+    "calibration_windows": ("int", 64, (1, None)),
+    "targets": ("patterns", None, None),
+    "ignore": ("patterns", None, None),
+    **FINETUNE_SCHEMA,
+    "learning_rate": ("float", 1e-4, (0.0, None, "open")),
+}
+
+
+def check_quantize_stage(params, where):
+    """Cross-key checks of a ``quantize`` stage."""
+    if params["steps"] == 0 and params["calibrate"] is None:
+        raise ValueError(
+            f"{where('steps')}: with steps=0 (no quantization-aware training) the ranges must "
+            "come from calibration. Received: steps=0, calibrate=None; accepted: steps >= 1, "
+            f"or calibrate in {list(CALIBRATION_METHODS)}"
+        )
+    if params["scheme"] is not None:
+        from keras_llmopt._src.quantization import schemes
+
+        if params["scheme"] not in schemes.SCHEMES:
+            raise ValueError(
+                f"{where('scheme')}: unknown value. Received: scheme={params['scheme']!r}; "
+                f"accepted: {sorted(schemes.SCHEMES)}"
+            )
+
+
+def run_quantize_stage(model, params, run):
+    """Quantization-aware model (``quantize_model``), calibrated and/or fine-tuned."""
+    from keras_llmopt._src.quantization import calibrate, quantize
+
+    kwargs = {"scheme": params["scheme"]} if params["scheme"] else {}
+    qat = quantize.quantize_model(
+        model, targets=params["targets"], ignore=params["ignore"], **kwargs
+    )
+    if params["calibrate"]:
+        data = run.calibration_data(params["calibration_windows"])
+        logging.info(
+            "%s: calibrating (%s) on %d windows", run.label, params["calibrate"], len(data)
+        )
+        calibrate.calibrate(qat, data, method=params["calibrate"])
+    if params["steps"]:
+        logging.info("%s: quantization-aware fine-tuning, %d steps", run.label, params["steps"])
+        run.train(qat, params)
+    return qat
+
+
+def _model_record(model):
+    from keras_llmopt._src.quantization.quantize import QuantizeReport
+
+    report = getattr(model, "quantize_report", None)
+    if not isinstance(report, QuantizeReport):
+        return None
+    return report.to_record()
+
+
+def _restore_model(model, record):
+    from keras_llmopt._src.quantization.quantize import QuantizeReport
+
+    object.__setattr__(model, "quantize_report", QuantizeReport.from_record(record))
+
+
+class _LegacyQuantizedModelLoader:
+    """Loads files saved as ``keras_llmopt>QuantizedModel`` (before the shared core)."""
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        old = config["quantization"]
+        layers = [
+            {
+                "path": r["path"],
+                "index": r["index"],
+                "class_name": r["class_name"],
+                "states": [
+                    {
+                        "technique": state_lib.TECHNIQUE,
+                        "record": {"config": r["config"], "masked": r["masked"]},
+                    }
+                ],
+            }
+            for r in old["layers"]
+        ]
+        record = {
+            "scheme": old.get("scheme") or "custom",
+            "quantized": [r["path"] for r in old["layers"]],
+            "skipped": dict(old.get("skipped", {})),
+        }
+        return core_saving.rebuild(
+            {
+                "float_model": config["float_model"],
+                "layers": layers,
+                "model": {state_lib.TECHNIQUE: record},
+            }
+        )
+
+
+keras.saving.get_custom_objects()[LEGACY_SAVED_NAME] = _LegacyQuantizedModelLoader
+
+QUANTIZATION = registry.register_technique(
+    registry.Technique(
+        name=state_lib.TECHNIQUE,
+        state_class=state_lib.QuantizeState,
+        restore=state_lib.restore,
+        stage="quantize",
+        stage_schema=QUANTIZE_SCHEMA,
+        run_stage=run_quantize_stage,
+        check_stage=check_quantize_stage,
+        export_modes=("int8", "int16x8"),
+        model_record=_model_record,
+        restore_model=_restore_model,
+        description="quantization-aware training / calibrated ranges (int8, 16x8, int4)",
+    ),
+    replace=True,
+)
