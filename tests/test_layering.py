@@ -293,25 +293,19 @@ def test_public_modules_only_re_export():
 # The checker itself, on a small made-up package: it must see what it claims to see.
 
 
-def _write(root, files):
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-
 def test_checker_sees_function_level_relative_and_from_imports(tmp_path):
-    _write(
-        tmp_path,
-        {
-            "pkg/__init__.py": "",
-            "pkg/low/__init__.py": "",
-            "pkg/low/a.py": "def f():\n    from pkg.high import b\n",
-            "pkg/high/__init__.py": "",
-            "pkg/high/b.py": "from ..low import a\nfrom . import c\n",
-            "pkg/high/c.py": "import pkg.high.b\nfrom pkg.high.b import thing\n",
-        },
-    )
+    for folder in ("pkg/low", "pkg/high"):
+        (tmp_path / folder).mkdir(parents=True)
+    sources = {
+        "pkg/__init__.py": "",
+        "pkg/low/__init__.py": "",
+        "pkg/low/a.py": "def f():\n    from pkg.high import b\n",
+        "pkg/high/__init__.py": "",
+        "pkg/high/b.py": "from ..low import a\nfrom . import c\n",
+        "pkg/high/c.py": "import pkg.high.b\nfrom pkg.high.b import thing\n",
+    }
+    for name, text in sources.items():
+        (tmp_path / name).write_text(text)
     graph = import_graph(tmp_path, "pkg")
     assert graph["pkg.low.a"] == [("pkg.high.b", 2)]
     assert graph["pkg.high.b"] == [("pkg.low.a", 1), ("pkg.high.c", 2)]
