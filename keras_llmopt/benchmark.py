@@ -11,15 +11,13 @@ Example:
     >>> result = benchmark.run_benchmark(
     ...     model, corpus, "bench", variants=["tflite_dynamic_int8", "onnx_dynamic_int8"])
     >>> result.row("tflite_dynamic_int8")["size_ratio"]
+    >>> benchmark.write_report(result, "report")["markdown"]
+    'report/report.md'
 """
 
 from keras_llmopt._src.benchmark.environment import machine_info, package_versions
-from keras_llmopt._src.benchmark.run import (
-    DEFAULT_VARIANTS,
-    ROW_FIELDS,
-    BenchmarkResult,
-    run_benchmark,
-)
+from keras_llmopt._src.benchmark.report import ROW_FIELDS, pareto_front, write_report
+from keras_llmopt._src.benchmark.run import DEFAULT_VARIANTS, BenchmarkResult, run_benchmark
 from keras_llmopt._src.benchmark.variants import VARIANTS
 
 __all__ = [
@@ -29,5 +27,7 @@ __all__ = [
     "BenchmarkResult",
     "machine_info",
     "package_versions",
+    "pareto_front",
     "run_benchmark",
+    "write_report",
 ]

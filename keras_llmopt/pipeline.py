@@ -15,6 +15,8 @@ Example:
     >>> print(pipeline.inspect_model("out/model.keras"))
 """
 
+# The benchmark's report, also reachable here (its home is keras_llmopt.benchmark).
+from keras_llmopt._src.benchmark.report import pareto_front, write_report
 from keras_llmopt._src.pipeline.inspection import Inspection, inspect_model
 from keras_llmopt._src.pipeline.recipe import (
     STAGE_SCHEMAS,
@@ -23,7 +25,6 @@ from keras_llmopt._src.pipeline.recipe import (
     load_recipe,
     parse_recipe,
 )
-from keras_llmopt._src.pipeline.report import pareto_front, write_report
 from keras_llmopt._src.pipeline.runner import PipelineResult, run_recipe
 from keras_llmopt._src.pipeline.stages import StageError
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from keras_llmopt import benchmark, reference
+from keras_llmopt._src.benchmark import report
 from keras_llmopt._src.benchmark import twin as twin_lib
 from keras_llmopt._src.benchmark import variants as variants_lib
-from keras_llmopt._src.pipeline import report
 
 
 def _broken(ctx):

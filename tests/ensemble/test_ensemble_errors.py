@@ -97,6 +97,25 @@ def test_unbuilt_subclassed_member_needs_declared_output_kind():
     assert ensemble(np.ones((2, 3), "float32")).shape == (2, 4)
 
 
+def test_unbuilt_member_may_declare_its_output_kind():
+    class Declared(keras.Model):
+        declared_output_kind = "probabilities"
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(4, activation="softmax")
+
+        def call(self, x):
+            return self.dense(x)
+
+    # No probe is possible (no known inputs), the declaration is read instead.
+    ensemble = EnsembleModel([Declared(), Declared()])
+    assert ensemble.member_outputs == ["probabilities", "probabilities"]
+    inner = EnsembleModel([Declared(), Declared()], output="probabilities")
+    assert inner.declared_output_kind == "probabilities"
+    assert EnsembleModel([inner, Declared()]).member_outputs == ["probabilities"] * 2
+
+
 def test_subclassed_members_with_different_outputs_fail_at_call():
     class Head(keras.Model):
         def __init__(self, classes, **kwargs):

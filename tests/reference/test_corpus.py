@@ -78,3 +78,10 @@ def test_make_batches_is_deterministic(tiny_corpus):
     assert not np.array_equal(x1, x3)
     assert x1.shape == (12, tiny_corpus.sequence_length) and x1.dtype == np.int32
     np.testing.assert_array_equal(x1[:, 1:], y1[:, :-1])
+
+
+def test_spread_windows_samples_the_whole_split_evenly():
+    windows = np.arange(20, dtype="uint8").reshape(10, 2)
+    picked = corpus_lib.spread_windows(windows, 3)
+    assert picked.dtype == np.int32 and picked[:, 0].tolist() == [0, 8, 18]
+    assert len(corpus_lib.spread_windows(windows, 50)) == 10  # never more than there are

@@ -3,7 +3,7 @@
 import gzip
 import os
 import statistics
-import time
+import timeit
 
 import numpy as np
 
@@ -30,12 +30,8 @@ def keras_latency(model, sequence_length, warmup=5, repeats=30):
     tokens = np.random.default_rng(0).integers(0, 256, (1, sequence_length)).astype(np.int32)
     for _ in range(max(1, warmup)):
         model.predict_on_batch(tokens)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict_on_batch(tokens)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    seconds = timeit.repeat(lambda: model.predict_on_batch(tokens), number=1, repeat=repeats)
+    return statistics.median(seconds) * 1000.0
 
 
 def measure(built, corpus, num_windows, sequence_length, warmup, repeats, threads=(1, 2)):
@@ -51,7 +47,7 @@ def measure(built, corpus, num_windows, sequence_length, warmup, repeats, thread
     Example:
         >>> measure(built, corpus, 64, 128, warmup=5, repeats=30)["bpb"]
     """
-    from keras_llmopt import export
+    from keras_llmopt._src.export.runtime import load_runner, measure_latency
     from keras_llmopt._src.reference.evaluation import evaluate
 
     row = {"size_bytes": built.size_bytes}
@@ -61,11 +57,11 @@ def measure(built, corpus, num_windows, sequence_length, warmup, repeats, thread
         row["size_gzip_bytes"] = gzip_size(built.path)
         row["bpb"] = evaluate(built.path, corpus, num_windows=num_windows).bpb
         for n in threads:
-            row[f"latency_ms_{n}t"] = export.measure_latency(
+            row[f"latency_ms_{n}t"] = measure_latency(
                 built.path, num_threads=n, warmup=warmup, repeats=repeats
             )
         if built.path.endswith(".tflite"):
-            runner = export.load_runner(built.path)
+            runner = load_runner(built.path)
             row["xnnpack"] = getattr(runner, "xnnpack_error", None) is None
     else:
         row["runtime"] = "keras"

@@ -1,9 +1,7 @@
 """``run_benchmark``: every variant measured on the same validation windows in one run."""
 
 import dataclasses
-import json
 import os
-import re
 import time
 
 import keras
@@ -11,33 +9,11 @@ from absl import logging
 
 from keras_llmopt._src.benchmark import environment, measure
 from keras_llmopt._src.benchmark import variants as variants_lib
-from keras_llmopt._src.reference.cache import atomic_path
+from keras_llmopt._src.benchmark.report import ROW_FIELDS, error_summary, write_json
 
 DEFAULT_VARIANTS = tuple(variants_lib.VARIANTS)
 # The references of the ratio columns: always measured.
 REFERENCE_VARIANTS = ("keras_fp32", "tflite_fp32")
-ROW_FIELDS = (
-    "variant",
-    "runtime",
-    "size_bytes",
-    "size_ratio",
-    "size_gzip_bytes",
-    "bpb",
-    "delta_bpb",
-    "latency_ms_1t",
-    "latency_ms_2t",
-    "latency_ratio_1t",
-    "latency_ratio_2t",
-    "latency_ms_keras",
-    "latency_ratio_keras",
-    "verified",
-    "top1_agreement",
-    "xnnpack",
-    "artifact",
-    "seconds",
-    "notes",
-    "error",
-)
 
 
 @dataclasses.dataclass
@@ -255,24 +231,6 @@ def _run_one(name, ctx, eval_windows, warmup, repeats):
     return row
 
 
-def error_summary(message, limit=300):
-    r"""The first non-empty line of an error message and its cause, on one line.
-
-    The cause is the last ``SomethingError: ...`` line after the first (TensorFlow puts
-    the real reason under an ``in user code:`` traceback), else the second line.
-
-    Example:
-        >>> error_summary("TypeError: Exception in layer q.\n\nInput has type int32.")
-        'TypeError: Exception in layer q. Input has type int32.'
-        >>> error_summary("TypeError: in layer q.\nin user code:\n  File x\nTypeError: int32")
-        'TypeError: in layer q. TypeError: int32'
-    """
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    causes = [line for line in lines[1:] if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
-    picked = lines[:1] + causes[-1:] if causes else lines[:2]
-    return " ".join(picked)[:limit]
-
-
 def _config_of(model):
     """The ``GPTConfig`` of a reference GPT, read from its layers."""
     from keras_llmopt._src.reference.config import GPTConfig
@@ -297,22 +255,3 @@ def _config_of(model):
             "benchmark measures keras_llmopt.reference models. Pass config=GPTConfig(...) "
             "for a reference GPT with renamed layers."
         ) from None
-
-
-def write_json(data, path):
-    """Writes JSON atomically (a temporary file beside ``path``, then renamed).
-
-    Example:
-        >>> write_json({"rows": []}, "bench/benchmark.json")
-    """
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=2, default=_json_default)
-
-
-def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    return str(value)

@@ -103,8 +103,8 @@ def run_and_report(
     keep_paths=True,
 ):
     """Runs the benchmark, prints the table, writes the report; returns the result."""
+    from keras_llmopt._src.benchmark import report
     from keras_llmopt._src.benchmark.run import run_benchmark
-    from keras_llmopt._src.pipeline import report
 
     start = time.time()
     result = run_benchmark(

@@ -77,7 +77,7 @@ def run(argv):
 def _add_wall_time(json_path, elapsed):
     import json
 
-    from keras_llmopt._src.benchmark.run import write_json
+    from keras_llmopt._src.benchmark.report import write_json
 
     with open(json_path) as handle:
         data = json.load(handle)

@@ -7,6 +7,9 @@ import numpy as np
 
 from keras_llmopt._src.ensemble import strategies
 
+# The attribute by which a member declares its output kind ("logits" or "probabilities").
+DECLARED_KIND = "declared_output_kind"
+
 
 def describe(index, model):
     """``member 2 ('gpt_b')``: how errors name a member."""
@@ -181,13 +184,20 @@ def detect_output_kind(model, index=0, owner="EnsembleModel"):
     activation, or if its outputs on a probe batch are non-negative and sum to one
     over the last axis. Raises ``ValueError`` if neither check can run (a subclassed model
     that has not been called yet).
-    """
-    from keras_llmopt._src.ensemble.model import (
-        EnsembleModel,
-    )  # import here: model.py imports this module
 
-    if isinstance(model, EnsembleModel):
-        return "probabilities" if model.output_kind == "probabilities" else "logits"
+    A model that knows what it returns declares it with a ``declared_output_kind`` attribute
+    (``"logits"`` or ``"probabilities"``), read first and never probed; an
+    ``EnsembleModel`` does, so ensembles nest.
+
+    Example:
+        >>> import keras
+        >>> softmax = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "softmax")])
+        >>> detect_output_kind(softmax)
+        'probabilities'
+    """
+    declared = getattr(model, DECLARED_KIND, None)
+    if declared in ("logits", "probabilities"):
+        return declared
     layers = getattr(model, "layers", None) or [model]
     last = layers[-1]
     if isinstance(last, keras.layers.Softmax) or _is_softmax(getattr(last, "activation", None)):

@@ -166,6 +166,21 @@ class EnsembleModel(TrainsOnlyOwnVariables, keras.Model):
         return [self.mixture_logits] if self._learn_mixture else []
 
     @property
+    def declared_output_kind(self):
+        """What a model using this ensemble as a member receives from it.
+
+        ``"probabilities"`` with ``output="probabilities"``, else ``"logits"`` (log
+        probabilities are logits), so ensembles nest without a probe batch.
+
+        Example:
+            >>> from keras_llmopt import ensemble, reference
+            >>> inner = ensemble.EnsembleModel([reference.build_gpt("tiny")])
+            >>> inner.declared_output_kind
+            'logits'
+        """
+        return "probabilities" if self.output_kind == "probabilities" else "logits"
+
+    @property
     def mixture_weights(self):
         """The current normalized mixture (or vote) weights as a numpy array."""
         return ops.convert_to_numpy(ops.softmax(self.mixture_logits))

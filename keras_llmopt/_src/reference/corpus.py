@@ -46,6 +46,24 @@ class Corpus:
     num_files: tuple
 
 
+def spread_windows(windows, count):
+    """``count`` windows spread evenly over ``windows`` (all of them if fewer), as int32.
+
+    The first and last windows are always included, so a few windows still sample the
+    whole split (verification and calibration data of the exports).
+
+    Args:
+        windows: An array of windows, e.g. ``corpus.validation``.
+        count: How many to take.
+
+    Example:
+        >>> spread_windows(np.arange(10).reshape(10, 1), 4)[:, 0].tolist()
+        [0, 3, 6, 9]
+    """
+    index = np.linspace(0, len(windows) - 1, min(count, len(windows))).round().astype(int)
+    return np.asarray(windows[index]).astype(np.int32)
+
+
 def default_corpus_dir():
     """The running interpreter's standard-library folder.
 

@@ -1,26 +1,38 @@
-"""The report folder: ``report.md``, ``benchmark.json`` and ``size_vs_bpb.png``."""
+"""The benchmark's rows and report: ``benchmark.json``, ``report.md`` and ``size_vs_bpb.png``."""
 
+import json
 import os
+import re
 
-from keras_llmopt._src.benchmark.run import error_summary
 from keras_llmopt._src.reference.cache import atomic_path
 
-TABLE_COLUMNS = (
-    "variant",
-    "runtime",
-    "size_bytes",
-    "size_ratio",
-    "size_gzip_bytes",
-    "bpb",
-    "delta_bpb",
-    "latency_ms_1t",
-    "latency_ms_2t",
-    "latency_ratio_1t",
-    "latency_ratio_2t",
-    "latency_ms_keras",
-    "verified",
-    "pareto",
+# Every field of a benchmark row, in order, and whether the report's table shows it (the
+# one definition of both the JSON rows and the table columns).
+_FIELDS = (
+    ("variant", True),
+    ("runtime", True),
+    ("size_bytes", True),
+    ("size_ratio", True),
+    ("size_gzip_bytes", True),
+    ("bpb", True),
+    ("delta_bpb", True),
+    ("latency_ms_1t", True),
+    ("latency_ms_2t", True),
+    ("latency_ratio_1t", True),
+    ("latency_ratio_2t", True),
+    ("latency_ms_keras", True),
+    ("latency_ratio_keras", False),
+    ("verified", True),
+    ("top1_agreement", False),
+    ("xnnpack", False),
+    ("artifact", False),
+    ("seconds", False),
+    ("notes", False),
+    ("error", False),
 )
+ROW_FIELDS = tuple(name for name, _ in _FIELDS)
+# The table's columns: the shown row fields, then the Pareto-front mark.
+TABLE_COLUMNS = tuple(name for name, shown in _FIELDS if shown) + ("pareto",)
 
 
 def pareto_front(rows):
@@ -207,8 +219,6 @@ def write_report(
         >>> write_report(result, "keras_llmopt_report")["markdown"]
         'keras_llmopt_report/report.md'
     """
-    from keras_llmopt._src.benchmark.run import write_json
-
     os.makedirs(out_dir, exist_ok=True)
     paths = {
         "markdown": os.path.join(out_dir, "report.md"),
@@ -224,3 +234,40 @@ def write_report(
         with open(tmp, "w") as handle:
             handle.write(markdown(result, title, preamble))
     return paths
+
+
+def error_summary(message, limit=300):
+    r"""The first non-empty line of an error message and its cause, on one line.
+
+    The cause is the last ``SomethingError: ...`` line after the first (TensorFlow puts
+    the real reason under an ``in user code:`` traceback), else the second line.
+
+    Example:
+        >>> error_summary("TypeError: Exception in layer q.\n\nInput has type int32.")
+        'TypeError: Exception in layer q. Input has type int32.'
+        >>> error_summary("TypeError: in layer q.\nin user code:\n  File x\nTypeError: int32")
+        'TypeError: in layer q. TypeError: int32'
+    """
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    causes = [line for line in lines[1:] if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    picked = lines[:1] + causes[-1:] if causes else lines[:2]
+    return " ".join(picked)[:limit]
+
+
+def write_json(data, path):
+    """Writes JSON atomically (a temporary file beside ``path``, then renamed).
+
+    Example:
+        >>> write_json({"rows": []}, "bench/benchmark.json")
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=2, default=_json_default)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    return str(value)
