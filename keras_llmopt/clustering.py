@@ -8,7 +8,6 @@ Example:
     >>> plain = clustering.strip_clustering(clustered)
 """
 
-from keras_llmopt._src.clustering import technique as _technique  # noqa: F401  (registers it)
 from keras_llmopt._src.clustering.cluster import (
     ClusteringState,
     cluster_weights,

@@ -16,7 +16,6 @@ Example:
     'default_8bit'
 """
 
-from keras_llmopt._src.quantization import technique as _technique  # noqa: F401  (registers it)
 from keras_llmopt._src.quantization.calibrate import calibrate
 from keras_llmopt._src.quantization.configs import (
     ATTENTION_MASK_MARGIN,

@@ -17,7 +17,6 @@ Example:
     'Dense'
 """
 
-from keras_llmopt._src.sparsity import technique as _technique  # noqa: F401  (registers it)
 from keras_llmopt._src.sparsity.callbacks import PruningSummaries, UpdatePruningStep
 from keras_llmopt._src.sparsity.inplace import PruningState
 from keras_llmopt._src.sparsity.policy import PruningPolicy

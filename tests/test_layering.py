@@ -40,20 +40,12 @@ LAYERS = (
 )
 
 # Circles between modules, each as the sorted modules of one strongly connected component.
-KNOWN_CYCLES = {
-    ("keras_llmopt._src.quantization.quantize", "keras_llmopt._src.quantization.saving"),
-}
+KNOWN_CYCLES = set()
 
 # Imports that break the layering: (importing module, imported module).
 KNOWN_LAYER_VIOLATIONS = {
     # Upward: a technique reaching into export.
     ("keras_llmopt._src.quantization.calibrate", "keras_llmopt._src.export.signature"),
-    # Between peer techniques: quantizing strips pruning state itself.
-    ("keras_llmopt._src.quantization.quantize", "keras_llmopt._src.sparsity.strip"),
-    ("keras_llmopt._src.quantization.quantize", "keras_llmopt._src.sparsity.units"),
-    # Between peer techniques: clustering reuses quantization's state and model copy.
-    ("keras_llmopt._src.clustering.cluster", "keras_llmopt._src.quantization.quantize"),
-    ("keras_llmopt._src.clustering.cluster", "keras_llmopt._src.quantization.state"),
 }
 
 # Implementation modules importing a public module (the top layer): import from _src.
@@ -62,10 +54,8 @@ KNOWN_PUBLIC_IMPORTS = {
     ("keras_llmopt._src.benchmark.variants", "keras_llmopt.sparsity"),
     ("keras_llmopt._src.cli.export_cmd", "keras_llmopt.export"),
     ("keras_llmopt._src.cli.inspect_cmd", "keras_llmopt.sparsity"),
-    ("keras_llmopt._src.cli.optimize_cmd", "keras_llmopt.sparsity"),
     ("keras_llmopt._src.pipeline.inspection", "keras_llmopt.sparsity"),
     ("keras_llmopt._src.pipeline.stages", "keras_llmopt.export"),
-    ("keras_llmopt._src.pipeline.stages", "keras_llmopt.sparsity"),
 }
 
 # Public modules that are not re-export trees, and why.

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 
 import numpy as np
 from absl import logging
@@ -420,9 +420,9 @@ def klo_pruned50_sparse_dynamic_int8(ctx):
 
 def klo_qat_int8(ctx):
     """Quantization-aware fine-tune (keras_llmopt.quantization), full-integer TFLite."""
-    from keras_llmopt import quantization
+    from keras_llmopt._src.quantization import quantize
 
-    qat = quantization.quantize_model(ctx.model)
+    qat = quantize.quantize_model(ctx.model)
     logging.info("benchmark: quantization-aware fine-tune, %d steps", ctx.finetune_steps)
     ctx.train(qat, 1e-4)
     return _tflite(ctx, qat, "klo_qat_int8", quantization="int8")
@@ -430,7 +430,7 @@ def klo_qat_int8(ctx):
 
 def klo_cluster16(ctx):
     """16-cluster k-means weights (keras_llmopt.clustering), fine-tuned, stripped."""
-    from keras_llmopt import clustering
+    from keras_llmopt._src.clustering import cluster as clustering
 
     clustered = clustering.cluster_weights(ctx.model, 16)
     logging.info("benchmark: clustering fine-tune, %d steps", ctx.finetune_steps)
@@ -463,8 +463,11 @@ BUILTIN_VARIANTS = {
 }
 
 
-class _Variants(Mapping):
-    """The built-in variants, then every registered technique's (read live)."""
+class _Variants(MutableMapping):
+    """The built-in variants, then every registered technique's (read live).
+
+    Setting or deleting a name changes the built-in table (tests, local experiments).
+    """
 
     def _all(self):
         found = dict(BUILTIN_VARIANTS)
@@ -480,6 +483,12 @@ class _Variants(Mapping):
 
     def __len__(self):
         return len(self._all())
+
+    def __setitem__(self, name, build):
+        BUILTIN_VARIANTS[name] = build
+
+    def __delitem__(self, name):
+        del BUILTIN_VARIANTS[name]
 
 
 VARIANTS = _Variants()

@@ -4,12 +4,11 @@ from absl import logging
 
 from keras_llmopt._src.clustering import cluster, kmeans
 from keras_llmopt._src.core import registry, targeting
-from keras_llmopt._src.sparsity.technique import FINETUNE_SCHEMA
 
 CLUSTER_SCHEMA = {
     "number_of_clusters": ("int", 16, (2, 65536)),
     "init": ("choice", None, tuple(kmeans.CentroidInitialization.values())),
-    **FINETUNE_SCHEMA,
+    **registry.FINETUNE_SCHEMA,
     "learning_rate": ("float", 1e-4, (0.0, None, "open")),
 }
 

@@ -34,6 +34,17 @@ BUILTIN_MODULES = (
 # Listing order of the built-ins, whatever order their modules were imported in.
 _BUILTIN_ORDER = ("pruning", "clustering", "quantization")
 _TECHNIQUES: dict = {}
+
+# Stage keys most techniques share (a stage schema may spread them in).
+FINETUNE_SCHEMA = {
+    "steps": ("int", 200, (0, None)),
+    "learning_rate": ("float", 5e-4, (0.0, None, "open")),
+    "batch_size": ("int", 16, (1, None)),
+}
+TARGETING_SCHEMA = {
+    "targets": ("patterns", None, None),
+    "ignore": ("patterns", None, None),
+}
 _LOADED = {"builtins": False, "entry_points": False}
 
 

@@ -213,4 +213,43 @@ class _PatchedModelLoader:
         return rebuild(config)
 
 
+class _QuantizedModelLoader:
+    """Files saved before the shared core, as ``keras_llmopt>QuantizedModel``.
+
+    Their config held one quantization record per layer; it is translated to the
+    core's format (technique ``"quantization"``) and rebuilt the same way.
+    """
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        old = config["quantization"]
+        layers = [
+            {
+                "path": r["path"],
+                "index": r["index"],
+                "class_name": r["class_name"],
+                "states": [
+                    {
+                        "technique": "quantization",
+                        "record": {"config": r["config"], "masked": r["masked"]},
+                    }
+                ],
+            }
+            for r in old["layers"]
+        ]
+        report = {
+            "scheme": old.get("scheme") or "custom",
+            "quantized": [r["path"] for r in old["layers"]],
+            "skipped": dict(old.get("skipped", {})),
+        }
+        return rebuild(
+            {
+                "float_model": config["float_model"],
+                "layers": layers,
+                "model": {"quantization": report},
+            }
+        )
+
+
 keras.saving.get_custom_objects()[SAVED_NAME] = _PatchedModelLoader
+keras.saving.get_custom_objects()["keras_llmopt>QuantizedModel"] = _QuantizedModelLoader

@@ -109,9 +109,11 @@ def _working_copy(model):
     if layer_state.find_states(model):
         return core_strip.strip_techniques(model, None, "quantizing")
     if _has_pruning_wrappers(model):
-        from keras_llmopt._src.sparsity import strip as strip_lib
-
-        return strip_lib.strip_pruning(model)
+        raise ValueError(
+            f"Model '{model.name}' holds PruneLowMagnitude wrappers (layers wrapped by hand). "
+            "Strip them first: keras_llmopt.sparsity.strip_pruning(model). Received: a "
+            "model with wrapped layers"
+        )
     return model_copy.copy_model(model, "quantizing", compiled=False)
 
 

@@ -1,27 +1,18 @@
-"""Quantization-aware training as a registered technique: the ``quantize`` recipe stage.
+"""Quantization-aware training as a registered technique: the ``quantize`` recipe stage."""
 
-Also loads ``.keras`` files written before the shared core (saved under
-``keras_llmopt>QuantizedModel``) by translating their config to the core's format.
-"""
-
-import keras
 from absl import logging
 
 from keras_llmopt._src.core import registry
-from keras_llmopt._src.core import saving as core_saving
 from keras_llmopt._src.quantization import state as state_lib
-from keras_llmopt._src.sparsity.technique import FINETUNE_SCHEMA
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
-LEGACY_SAVED_NAME = "keras_llmopt>QuantizedModel"
 
 QUANTIZE_SCHEMA = {
     "scheme": ("str", None, None),
     "calibrate": ("choice", None, CALIBRATION_METHODS),
     "calibration_windows": ("int", 64, (1, None)),
-    "targets": ("patterns", None, None),
-    "ignore": ("patterns", None, None),
-    **FINETUNE_SCHEMA,
+    **registry.TARGETING_SCHEMA,
+    **registry.FINETUNE_SCHEMA,
     "learning_rate": ("float", 1e-4, (0.0, None, "open")),
 }
 
@@ -78,42 +69,6 @@ def _restore_model(model, record):
 
     object.__setattr__(model, "quantize_report", QuantizeReport.from_record(record))
 
-
-class _LegacyQuantizedModelLoader:
-    """Loads files saved as ``keras_llmopt>QuantizedModel`` (before the shared core)."""
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        old = config["quantization"]
-        layers = [
-            {
-                "path": r["path"],
-                "index": r["index"],
-                "class_name": r["class_name"],
-                "states": [
-                    {
-                        "technique": state_lib.TECHNIQUE,
-                        "record": {"config": r["config"], "masked": r["masked"]},
-                    }
-                ],
-            }
-            for r in old["layers"]
-        ]
-        record = {
-            "scheme": old.get("scheme") or "custom",
-            "quantized": [r["path"] for r in old["layers"]],
-            "skipped": dict(old.get("skipped", {})),
-        }
-        return core_saving.rebuild(
-            {
-                "float_model": config["float_model"],
-                "layers": layers,
-                "model": {state_lib.TECHNIQUE: record},
-            }
-        )
-
-
-keras.saving.get_custom_objects()[LEGACY_SAVED_NAME] = _LegacyQuantizedModelLoader
 
 QUANTIZATION = registry.register_technique(
     registry.Technique(

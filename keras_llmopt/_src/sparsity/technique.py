@@ -5,15 +5,8 @@ from absl import logging
 from keras_llmopt._src.core import registry, targeting
 from keras_llmopt._src.sparsity import inplace
 
-FINETUNE_SCHEMA = {
-    "steps": ("int", 200, (0, None)),
-    "learning_rate": ("float", 5e-4, (0.0, None, "open")),
-    "batch_size": ("int", 16, (1, None)),
-}
-TARGETING_SCHEMA = {
-    "targets": ("patterns", None, None),
-    "ignore": ("patterns", None, None),
-}
+FINETUNE_SCHEMA = registry.FINETUNE_SCHEMA
+TARGETING_SCHEMA = registry.TARGETING_SCHEMA
 
 PRUNE_SCHEMA = {
     "final_sparsity": ("float", 0.5, (0.0, 1.0, "open")),
