@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import os
 import warnings
-from collections.abc import MutableMapping
 
 import numpy as np
 from absl import logging
@@ -463,26 +462,18 @@ BUILTIN_VARIANTS = {
 }
 
 
-class _Variants(MutableMapping):
+def _all_variants():
+    found = dict(BUILTIN_VARIANTS)
+    for name, (_, build) in registry.benchmark_variants().items():
+        found.setdefault(name, build)
+    return found
+
+
+class _Variants(registry.LiveMapping):
     """The built-in variants, then every registered technique's (read live).
 
     Setting or deleting a name changes the built-in table (tests, local experiments).
     """
-
-    def _all(self):
-        found = dict(BUILTIN_VARIANTS)
-        for name, (_, build) in registry.benchmark_variants().items():
-            found.setdefault(name, build)
-        return found
-
-    def __getitem__(self, name):
-        return self._all()[name]
-
-    def __iter__(self):
-        return iter(self._all())
-
-    def __len__(self):
-        return len(self._all())
 
     def __setitem__(self, name, build):
         BUILTIN_VARIANTS[name] = build
@@ -491,4 +482,4 @@ class _Variants(MutableMapping):
         del BUILTIN_VARIANTS[name]
 
 
-VARIANTS = _Variants()
+VARIANTS = _Variants(_all_variants)

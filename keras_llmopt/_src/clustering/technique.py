@@ -28,20 +28,6 @@ def run_cluster_stage(model, params, run):
     return clustered
 
 
-def _model_record(model):
-    report = getattr(model, "clustering_report", None)
-    if not isinstance(report, targeting.TargetReport):
-        return None
-    return {"decisions": report.as_dict(), "action": report.action}
-
-
-def _restore_model(model, record):
-    decisions = [targeting.LayerDecision(**d) for d in record["decisions"]]
-    object.__setattr__(
-        model, "clustering_report", targeting.TargetReport(decisions, record["action"])
-    )
-
-
 CLUSTERING = registry.register_technique(
     registry.Technique(
         name=cluster.TECHNIQUE,
@@ -51,8 +37,7 @@ CLUSTERING = registry.register_technique(
         stage_schema=CLUSTER_SCHEMA,
         run_stage=run_cluster_stage,
         must_precede=("quantize",),
-        model_record=_model_record,
-        restore_model=_restore_model,
+        **registry.report_handlers("clustering_report", targeting.TargetReport),
         description="k-means weight clustering (a trainable codebook per kernel)",
     ),
     replace=True,

@@ -94,6 +94,52 @@ class Technique:
     description: str = ""
 
 
+def report_handlers(attr, report_class):
+    """``{"model_record", "restore_model"}`` handlers keeping a model's report attribute.
+
+    For a technique that leaves a report on the model (``model.pruning_report``): the
+    report's ``to_record()`` is saved with the model and ``report_class.from_record``
+    puts it back when the model loads.
+
+    Example:
+        >>> from keras_llmopt._src.core import targeting
+        >>> handlers = report_handlers("my_report", targeting.TargetReport)
+        >>> sorted(handlers)
+        ['model_record', 'restore_model']
+    """
+
+    def model_record(model):
+        report = getattr(model, attr, None)
+        return report.to_record() if isinstance(report, report_class) else None
+
+    def restore_model(model, record):
+        object.__setattr__(model, attr, report_class.from_record(record))
+
+    return {"model_record": model_record, "restore_model": restore_model}
+
+
+class LiveMapping(Mapping):
+    """A read-only mapping recomputed from ``build()`` on every access (registry views).
+
+    Example:
+        >>> view = LiveMapping(lambda: {"a": 1})
+        >>> dict(view)
+        {'a': 1}
+    """
+
+    def __init__(self, build):
+        self._build = build
+
+    def __getitem__(self, name):
+        return self._build()[name]
+
+    def __iter__(self):
+        return iter(self._build())
+
+    def __len__(self):
+        return len(self._build())
+
+
 def register_technique(technique, replace=False):
     """Adds ``technique`` to the registry (recipes, CLI and benchmark see it at once).
 

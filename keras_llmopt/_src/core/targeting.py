@@ -147,6 +147,15 @@ class TargetReport:
         """The report as plain data (for JSON)."""
         return [dataclasses.asdict(d) for d in self.decisions]
 
+    def to_record(self):
+        """Plain data from which :meth:`from_record` rebuilds the report (saved models)."""
+        return {"decisions": self.as_dict(), "action": self.action}
+
+    @classmethod
+    def from_record(cls, record):
+        """The report saved by :meth:`to_record`."""
+        return cls([LayerDecision(**d) for d in record["decisions"]], record["action"])
+
     def __str__(self):
         lines = [f"{len(self.selected)} layers {self.action}, {len(self.skipped)} skipped"]
         for d in self.decisions:
@@ -294,12 +303,21 @@ def select_layers(
         decisions.append(LayerDecision(node.path, cls, True, [(w.name, w.shape) for w in weights]))
         selected[node.path] = (node.layer, weights)
         selected_ancestors.append(node.path)
-    unused = [t for t in targets if t not in used_targets]
-    if unused:
-        raise ValueError(
-            f"`targets` patterns {unused} match no layer with prunable weights in "
-            f"{model.name!r}. Layer paths look like: "
-            f"{[n.path for n in nodes if layer_tree.is_registered(n.layer)][:8]}. "
-            f"Received: targets={list(targets)!r}"
-        )
+    paths = [n.path for n in nodes if layer_tree.is_registered(n.layer)]
+    check_targets_used(targets, used_targets, model.name, paths, "with prunable weights")
     return TargetReport(decisions, action), selected
+
+
+def check_targets_used(targets, used, model_name, paths, what=""):
+    """Raises when a ``targets`` pattern matched no layer, showing what paths look like.
+
+    Example:
+        >>> check_targets_used(("*mlp*",), {"*mlp*"}, "gpt", ["block_0_mlp_up"])
+    """
+    unused = [t for t in targets if t not in used]
+    if unused:
+        what = f" {what}" if what else ""
+        raise ValueError(
+            f"`targets` patterns {unused} match no layer{what} in {model_name!r}. Layer paths "
+            f"look like: {list(paths)[:8]}. Received: targets={list(targets)!r}"
+        )

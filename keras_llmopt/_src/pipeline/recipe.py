@@ -18,7 +18,6 @@ received and what is accepted. ``STAGE_SCHEMAS`` below is the reference of every
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
 
 from keras_llmopt._src.core import registry
 
@@ -48,24 +47,13 @@ BUILTIN_STAGE_SCHEMAS = {
 }
 
 
-class _StageSchemas(Mapping):
-    """Every stage's schema: the built-ins plus each registered technique's, read live."""
-
-    def _all(self):
-        found = {t.stage: dict(t.stage_schema) for t in registry.techniques() if t.stage}
-        return {**found, **BUILTIN_STAGE_SCHEMAS}
-
-    def __getitem__(self, name):
-        return self._all()[name]
-
-    def __iter__(self):
-        return iter(self._all())
-
-    def __len__(self):
-        return len(self._all())
+def _stage_schemas():
+    found = {t.stage: dict(t.stage_schema) for t in registry.techniques() if t.stage}
+    return {**found, **BUILTIN_STAGE_SCHEMAS}
 
 
-STAGE_SCHEMAS = _StageSchemas()
+# Every stage's schema: the built-ins plus each registered technique's, read live.
+STAGE_SCHEMAS = registry.LiveMapping(_stage_schemas)
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
 

@@ -244,13 +244,8 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
             skipped[node.path] = "layer is not built"
             continue
         chosen.append((node, config, annotation.config is None))
-    unused = [t for t in targets if t not in used_targets]
-    if unused:
-        raise ValueError(
-            f"`targets` patterns {unused} match no layer of {work.name!r}. Layer paths look "
-            f"like: {[n.path for n in nodes if _own_weights(n.layer)][:8]}. "
-            f"Received: targets={list(targets)!r}"
-        )
+    paths = [n.path for n in nodes if _own_weights(n.layer)]
+    targeting.check_targets_used(targets, used_targets, work.name, paths)
     configs_lib.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
     quantized = []
     for node, config, _ in chosen:

@@ -3,6 +3,7 @@
 from absl import logging
 
 from keras_llmopt._src.core import registry
+from keras_llmopt._src.quantization import quantize
 from keras_llmopt._src.quantization import state as state_lib
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
@@ -37,7 +38,7 @@ def check_quantize_stage(params, where):
 
 def run_quantize_stage(model, params, run):
     """Quantization-aware model (``quantize_model``), calibrated and/or fine-tuned."""
-    from keras_llmopt._src.quantization import calibrate, quantize
+    from keras_llmopt._src.quantization import calibrate
 
     kwargs = {"scheme": params["scheme"]} if params["scheme"] else {}
     qat = quantize.quantize_model(
@@ -55,21 +56,6 @@ def run_quantize_stage(model, params, run):
     return qat
 
 
-def _model_record(model):
-    from keras_llmopt._src.quantization.quantize import QuantizeReport
-
-    report = getattr(model, "quantize_report", None)
-    if not isinstance(report, QuantizeReport):
-        return None
-    return report.to_record()
-
-
-def _restore_model(model, record):
-    from keras_llmopt._src.quantization.quantize import QuantizeReport
-
-    object.__setattr__(model, "quantize_report", QuantizeReport.from_record(record))
-
-
 QUANTIZATION = registry.register_technique(
     registry.Technique(
         name=state_lib.TECHNIQUE,
@@ -80,8 +66,7 @@ QUANTIZATION = registry.register_technique(
         run_stage=run_quantize_stage,
         check_stage=check_quantize_stage,
         export_modes=("int8", "int16x8"),
-        model_record=_model_record,
-        restore_model=_restore_model,
+        **registry.report_handlers("quantize_report", quantize.QuantizeReport),
         description="quantization-aware training / calibrated ranges (int8, 16x8, int4)",
     ),
     replace=True,

@@ -78,14 +78,7 @@ class PruningState(layer_state.LayerState):
 
     def before_call(self, training):
         if training:
-            state_lib.update_masks(
-                self.pruned,
-                self.pruning_step,
-                self.pruning_schedule,
-                self.block_size,
-                self.block_pooling_type,
-                self.sparsity_m_by_n,
-            )
+            update_masks_of(self)
 
     def transform_weight(self, attr, value, training):
         for pw in self.pruned:
@@ -111,6 +104,18 @@ class PruningState(layer_state.LayerState):
     @classmethod
     def from_config(cls, config):
         return cls(**state_lib.settings_from_config(config))
+
+
+def update_masks_of(holder):
+    """Advances a pruning holder's step and recomputes its masks (a state or a wrapper)."""
+    state_lib.update_masks(
+        holder.pruned,
+        holder.pruning_step,
+        holder.pruning_schedule,
+        holder.block_size,
+        holder.block_pooling_type,
+        holder.sparsity_m_by_n,
+    )
 
 
 def _layer_weights(layer, names=None):

@@ -100,18 +100,6 @@ def run_prune_stage(model, params, run):
     return pruned
 
 
-def _model_record(model):
-    report = getattr(model, "pruning_report", None)
-    if not isinstance(report, targeting.TargetReport):
-        return None
-    return {"decisions": report.as_dict(), "action": report.action}
-
-
-def _restore_model(model, record):
-    decisions = [targeting.LayerDecision(**d) for d in record["decisions"]]
-    object.__setattr__(model, "pruning_report", targeting.TargetReport(decisions, record["action"]))
-
-
 PRUNING = registry.register_technique(
     registry.Technique(
         name=inplace.TECHNIQUE,
@@ -122,8 +110,7 @@ PRUNING = registry.register_technique(
         run_stage=run_prune_stage,
         check_stage=check_prune_stage,
         must_precede=("quantize",),
-        model_record=_model_record,
-        restore_model=_restore_model,
+        **registry.report_handlers("pruning_report", targeting.TargetReport),
         description="magnitude pruning with a schedule (masks updated in the train step)",
     ),
     replace=True,

@@ -3,6 +3,7 @@
 import keras
 
 from keras_llmopt._src.core import keras_compat, layer_state, layer_tree, targeting
+from keras_llmopt._src.sparsity import inplace
 from keras_llmopt._src.sparsity import schedules as schedules_lib
 from keras_llmopt._src.sparsity import state as state_lib
 
@@ -160,14 +161,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def call(self, inputs, *args, training=None, **kwargs):
         if layer_state.is_training(training):
-            state_lib.update_masks(
-                self.pruned,
-                self.pruning_step,
-                self.pruning_schedule,
-                self.block_size,
-                self.block_pooling_type,
-                self.sparsity_m_by_n,
-            )
+            inplace.update_masks_of(self)
         if training is not None and keras_compat.call_has_training_arg(self.layer):
             kwargs["training"] = training
         with state_lib.masked_weights(self.pruned):
