@@ -8,6 +8,7 @@ from absl import flags, logging
 
 from keras_llmopt._src.cli import common
 from keras_llmopt._src.cli import flags as cli_flags
+from keras_llmopt._src.core.model_inputs import describe_inputs
 
 HELP = (
     "Export --model (.keras) to --out as .tflite (any quantization), .onnx or a SavedModel "
@@ -145,8 +146,8 @@ def _format_of(out):
 
 
 def _takes_tokens(model):
-    inputs = model.inputs or []
-    return len(inputs) == 1 and "int" in str(inputs[0].dtype)
+    specs = describe_inputs(model).specs
+    return len(specs) == 1 and specs[0].is_tokens
 
 
 def _spread(windows, count):
