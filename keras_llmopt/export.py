@@ -2,7 +2,10 @@
 
 Every ``to_*`` runs the artifact back (LiteRT, ONNX Runtime or TensorFlow), compares it
 with the Keras model, and only then moves it into place; a mismatch raises
-``VerificationError`` saying by how much, and leaves nothing half-written.
+``VerificationError`` saying by how much, and leaves nothing half-written. Every
+``.tflite`` carries named signatures: ``serving_default`` with the model's input names
+and an ``output`` for ``to_tflite``; the keys and names you give for
+``to_tflite_signatures``.
 
 Example:
     >>> import numpy as np
@@ -14,13 +17,22 @@ Example:
     >>> runner = export.load_runner("gpt.tflite")
     >>> runner(np.zeros((2, 64), "int32")).shape
     (2, 64, 256)
+    >>> report.summary["signatures"]
+    {'serving_default': {'inputs': ['tokens'], 'outputs': ['output']}}
 """
 
+from keras_llmopt._src.core.model_inputs import InputSpec
 from keras_llmopt._src.export.onnx_export import DEFAULT_OPSET, replace_erfc, to_onnx
 from keras_llmopt._src.export.report import ExportReport
 from keras_llmopt._src.export.runtime import Runner, load_runner, measure_latency
 from keras_llmopt._src.export.saved_model import to_saved_model
+from keras_llmopt._src.export.signature_def import Signature
+from keras_llmopt._src.export.signature_verification import (
+    SignaturesVerification,
+    verify_signatures,
+)
 from keras_llmopt._src.export.tflite import QUANTIZATION_MODES, to_tflite
+from keras_llmopt._src.export.tflite_signatures import to_tflite_signatures
 from keras_llmopt._src.export.verification import (
     DEFAULT_TOLERANCES,
     VerificationError,
@@ -32,8 +44,11 @@ __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_TOLERANCES",
     "ExportReport",
+    "InputSpec",
     "QUANTIZATION_MODES",
     "Runner",
+    "Signature",
+    "SignaturesVerification",
     "VerificationError",
     "VerificationReport",
     "load_runner",
@@ -42,5 +57,7 @@ __all__ = [
     "to_onnx",
     "to_saved_model",
     "to_tflite",
+    "to_tflite_signatures",
     "verify",
+    "verify_signatures",
 ]

@@ -43,20 +43,10 @@ LAYERS = (
 KNOWN_CYCLES = set()
 
 # Imports that break the layering: (importing module, imported module).
-KNOWN_LAYER_VIOLATIONS = {
-    # Upward: a technique reaching into export.
-    ("keras_llmopt._src.quantization.calibrate", "keras_llmopt._src.export.signature"),
-}
+KNOWN_LAYER_VIOLATIONS = set()
 
 # Implementation modules importing a public module (the top layer): import from _src.
-KNOWN_PUBLIC_IMPORTS = {
-    ("keras_llmopt._src.benchmark.variants", "keras_llmopt.export"),
-    ("keras_llmopt._src.benchmark.variants", "keras_llmopt.sparsity"),
-    ("keras_llmopt._src.cli.export_cmd", "keras_llmopt.export"),
-    ("keras_llmopt._src.cli.inspect_cmd", "keras_llmopt.sparsity"),
-    ("keras_llmopt._src.pipeline.inspection", "keras_llmopt.sparsity"),
-    ("keras_llmopt._src.pipeline.stages", "keras_llmopt.export"),
-}
+KNOWN_PUBLIC_IMPORTS = set()
 
 # Public modules that are not re-export trees, and why.
 PUBLIC_EXEMPT = {"__main__": "the `python -m keras_llmopt` entry point"}

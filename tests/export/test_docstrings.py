@@ -5,13 +5,20 @@ import pytest
 MODULES = [
     "keras_llmopt.export",
     "keras_llmopt._src.export.common",
+    "keras_llmopt._src.export.converter",
     "keras_llmopt._src.export.files",
+    "keras_llmopt._src.export.graph_rewrite",
     "keras_llmopt._src.export.int4",
     "keras_llmopt._src.export.onnx_export",
     "keras_llmopt._src.export.report",
     "keras_llmopt._src.export.runtime",
     "keras_llmopt._src.export.saved_model",
     "keras_llmopt._src.export.signature",
+    "keras_llmopt._src.export.signature_def",
+    "keras_llmopt._src.export.signature_verification",
+    "keras_llmopt._src.export.tflite",
+    "keras_llmopt._src.export.tflite_modes",
+    "keras_llmopt._src.export.tflite_signatures",
     "keras_llmopt._src.export.verification",
 ]
 

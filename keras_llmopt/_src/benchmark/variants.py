@@ -123,10 +123,10 @@ def _spread(windows, count):
 
 
 def _tflite(ctx, model, name, **kwargs):
-    from keras_llmopt import export
+    from keras_llmopt._src.export import tflite
 
     kwargs.setdefault("verification_data", ctx.verification_data())
-    report = export.to_tflite(
+    report = tflite.to_tflite(
         model, ctx.path(f"{name}.tflite"), sequence_length=ctx.sequence_length, **kwargs
     )
     return Built(
@@ -198,11 +198,11 @@ def tflite_full_int8_ptq(ctx):
         verify=False,
         verification_data=None,
     )
-    from keras_llmopt import export
+    from keras_llmopt._src.export import verification
 
     # Verified afterwards, without raising, so the row shows whether it would pass.
     inputs, targets = ctx.verification_data()
-    built.verification = export.verify(built.path, ctx.model, inputs, targets, mode="int8")
+    built.verification = verification.verify(built.path, ctx.model, inputs, targets, mode="int8")
     failures = "; ".join(built.verification.failures)
     built.notes = (
         *built.notes,
@@ -214,10 +214,10 @@ def tflite_full_int8_ptq(ctx):
 
 def onnx_fp32_shared(ctx):
     """The fp32 ONNX file (built once)."""
-    from keras_llmopt import export
+    from keras_llmopt._src.export import onnx_export
 
     def build():
-        report = export.to_onnx(
+        report = onnx_export.to_onnx(
             ctx.model,
             ctx.path("onnx_fp32.onnx"),
             sequence_length=ctx.sequence_length,
@@ -368,13 +368,14 @@ def pruned50_shared(ctx):
     """The model pruned to 50% (attention q/k/v/o + MLP) while fine-tuning, stripped."""
 
     def build():
-        from keras_llmopt import sparsity
+        from keras_llmopt._src.sparsity import callbacks as sparsity_callbacks
+        from keras_llmopt._src.sparsity import prune, strip
 
         schedule = pruning_schedule(ctx.finetune_steps, 0.5)
-        pruned = sparsity.prune_low_magnitude(ctx.model, schedule)
+        pruned = prune.prune_low_magnitude(ctx.model, schedule)
         logging.info("benchmark: pruning fine-tune, %d steps", ctx.finetune_steps)
-        ctx.train(pruned, 5e-4, callbacks=[sparsity.UpdatePruningStep()])
-        return sparsity.strip_pruning(pruned)
+        ctx.train(pruned, 5e-4, callbacks=[sparsity_callbacks.UpdatePruningStep()])
+        return strip.strip_pruning(pruned)
 
     return ctx.shared("klo_pruned50", build)
 

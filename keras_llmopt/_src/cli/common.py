@@ -5,6 +5,7 @@ import os
 import keras
 
 from keras_llmopt._src.cli import flags as cli_flags
+from keras_llmopt._src.core.model_inputs import describe_inputs
 from keras_llmopt._src.reference.corpus import load_corpus
 
 
@@ -20,12 +21,9 @@ def sequence_length_of(model_or_path):
     if cli_flags.SEQUENCE_LENGTH.value:
         return cli_flags.SEQUENCE_LENGTH.value
     if isinstance(model_or_path, keras.Model):
-        for layer in model_or_path.layers:
-            if layer.name == "position_embedding":
-                return int(layer.input_dim)
-        shape = model_or_path.inputs[0].shape if model_or_path.inputs else None
-        if shape is not None and len(shape) == 2 and shape[1]:
-            return int(shape[1])
+        length = describe_inputs(model_or_path).sequence_length
+        if length is not None:
+            return length
     else:
         from keras_llmopt._src.export.runtime import load_runner
 

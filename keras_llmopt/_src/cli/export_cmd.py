@@ -8,6 +8,7 @@ from absl import flags, logging
 
 from keras_llmopt._src.cli import common
 from keras_llmopt._src.cli import flags as cli_flags
+from keras_llmopt._src.core.model_inputs import describe_inputs
 
 HELP = (
     "Export --model (.keras) to --out as .tflite (any quantization), .onnx or a SavedModel "
@@ -66,7 +67,7 @@ VERIFY_WINDOWS = flags.DEFINE_integer(
 
 def run(argv):
     del argv
-    from keras_llmopt import export
+    from keras_llmopt._src.export import onnx_export, saved_model, tflite
 
     path, out = cli_flags.MODEL.value, cli_flags.OUT.value
     if not path:
@@ -95,7 +96,7 @@ def run(argv):
         calibration = _spread(corpus.train, CALIBRATION_WINDOWS.value)[:, :-1]
     verify = VERIFY.value
     if fmt == "tflite":
-        report = export.to_tflite(
+        report = tflite.to_tflite(
             model,
             out,
             quantization=quantization,
@@ -107,7 +108,7 @@ def run(argv):
             verification_data=data,
         )
     elif fmt == "onnx":
-        report = export.to_onnx(
+        report = onnx_export.to_onnx(
             model,
             out,
             opset=OPSET.value,
@@ -116,7 +117,7 @@ def run(argv):
             verification_data=data,
         )
     else:
-        report = export.to_saved_model(model, out, verify=verify, verification_data=data)
+        report = saved_model.to_saved_model(model, out, verify=verify, verification_data=data)
     logging.info("export: %s", report.notes)
     row = {
         "artifact": report.path,
@@ -145,8 +146,8 @@ def _format_of(out):
 
 
 def _takes_tokens(model):
-    inputs = model.inputs or []
-    return len(inputs) == 1 and "int" in str(inputs[0].dtype)
+    specs = describe_inputs(model).specs
+    return len(specs) == 1 and specs[0].is_tokens
 
 
 def _spread(windows, count):

@@ -22,7 +22,9 @@ def run(argv):
     path = positional[0] if positional else cli_flags.MODEL.value
     if not path:
         raise ValueError("inspect: pass the model: keras-llmopt inspect MODEL.keras")
-    import keras_llmopt.sparsity  # noqa: F401  (registers the pruning wrapper for loading)
+    from keras_llmopt._src.core import registry
+
+    registry.techniques()  # every technique registered, so patched models load
 
     inspection = inspect_model(path)
     print(inspection)

@@ -41,32 +41,71 @@ def check_model(model, what):
     signature.require_tensorflow(what)
 
 
-def verification_inputs(model, specs, is_dict, data):
-    """Inputs (and targets) to verify on: the caller's, or a few random rows."""
+def verification_inputs(model, inputs, data):
+    """Inputs (and targets) to verify on: the caller's, or a few random rows.
+
+    Args:
+        model: The Keras model (unused; kept for the call sites' symmetry).
+        inputs: The artifact's ``ModelInputs``.
+        data: ``None``, token ids, a dict of arrays, or ``(inputs, targets)``.
+
+    Example:
+        >>> from keras_llmopt._src.core.model_inputs import InputSpec, ModelInputs
+        >>> described = ModelInputs((InputSpec("tokens", (1, 4), "int32", "tokens"),))
+        >>> rows, targets = verification_inputs(None, described, None)
+        >>> rows.shape, targets
+        ((4, 4), None)
+    """
+    del model
     if data is None:
-        feeds = signature.sample_inputs(specs, model, DEFAULT_VERIFY_ROWS)
-        inputs = feeds if (is_dict or len(specs) > 1) else feeds[specs[0].name]
-        return inputs, None
+        feeds = signature.sample_inputs(inputs, DEFAULT_VERIFY_ROWS)
+        single = not inputs.is_dict and len(inputs.specs) == 1
+        return (feeds[inputs.specs[0].name] if single else feeds), None
     return normalize_data(data)
 
 
-def verify_staged(temp, path, model, specs, is_dict, data, tolerance, mode, what, num_threads=None):
-    """Verifies the staged artifact ``temp``; raises ``VerificationError`` on mismatch."""
+def verify_staged(temp, path, model, inputs, data, tolerance, mode, what, num_threads=None):
+    """Verifies the staged artifact ``temp`` against ``model``.
+
+    Raises ``VerificationError`` on a mismatch, saying nothing was written to ``path``.
+
+    Example:
+        >>> from keras_llmopt import export, reference
+        >>> from keras_llmopt._src.core.model_inputs import describe_inputs
+        >>> model = reference.build_gpt("tiny")
+        >>> _ = export.to_onnx(model, "gpt.onnx", verify=False)
+        >>> verify_staged("gpt.onnx", "gpt.onnx", model, describe_inputs(model), None,
+        ...               None, "float32", "example").passed
+        True
+    """
     tolerance = resolve_tolerance(mode, tolerance)
-    inputs, targets = verification_inputs(model, specs, is_dict, data)
+    feeds, targets = verification_inputs(model, inputs, data)
     runner = runtime.load_runner(temp, num_threads=num_threads)
-    if is_dict and not isinstance(inputs, dict):
-        inputs = runner.as_feeds(np.asarray(inputs))
+    if inputs.is_dict and not isinstance(feeds, dict):
+        feeds = runner.as_feeds(np.asarray(feeds))
     logging.info("%s: verifying against the Keras model", what)
-    produced = runner(inputs)
-    reference = keras_outputs(model, inputs)
+    produced = runner(feeds)
+    reference = keras_outputs(model, feeds)
     report = compare(reference, produced, targets=targets, tolerance=tolerance)
     if not report.passed:
-        raise VerificationError(
-            f"{what} failed verification against the Keras model: "
-            + "; ".join(report.failures)
-            + f". Nothing was written to {path!r}. Pass verify=False to keep such an "
-            "artifact anyway, or a looser `tolerance=` if this loss is acceptable.",
-            report,
-        )
+        raise_verification_error(what, report.failures, path, report)
     return report
+
+
+def raise_verification_error(what, failures, path, report):
+    """Raises the ``VerificationError`` every exporter raises on a mismatch.
+
+    Example:
+        >>> try:
+        ...     raise_verification_error("Export", ["max abs error 1 > 0"], "m.tflite", None)
+        ... except VerificationError as error:
+        ...     print(str(error).split(":")[0])
+        Export failed verification against the Keras model
+    """
+    raise VerificationError(
+        f"{what} failed verification against the Keras model: "
+        + "; ".join(failures)
+        + f". Nothing was written to {path!r}. Pass verify=False to keep such an "
+        "artifact anyway, or a looser `tolerance=` if this loss is acceptable.",
+        report,
+    )

@@ -1,4 +1,9 @@
-"""Atomic writes: an artifact appears at its path only once it is complete and verified."""
+"""Atomic writes: an artifact appears at its path only once it is complete and verified.
+
+Every exporter writes through :func:`publish`: the artifact is written under a
+temporary name next to its path, checked there, and moved into place only if the check
+passes; on any failure nothing is left behind and a file already at the path is kept.
+"""
 
 import contextlib
 import os
@@ -78,3 +83,52 @@ def commit(temp, path):
         if os.path.isdir(path):
             raise ValueError(f"Cannot write a file over a folder. Received: path={path!r}")
         os.replace(temp, path)
+
+
+def publish(path, write, check=None, folder=False):
+    """Writes an artifact next to ``path``, checks it, and only then moves it to ``path``.
+
+    Args:
+        path: Where the artifact goes.
+        write: ``write(temp_path)`` writes the artifact (a file, or into the empty
+            folder ``temp_path`` when ``folder``).
+        check: Optional ``check(temp_path)`` run on the staged artifact (verification);
+            whatever it raises aborts the export and leaves ``path`` as it was.
+        folder: The artifact is a folder (a SavedModel).
+
+    Returns:
+        What ``check`` returned (``None`` without a check).
+
+    Example:
+        >>> def write(temp):
+        ...     with open(temp, "w") as handle:
+        ...         handle.write("artifact")
+        >>> def check(temp):
+        ...     if open(temp).read() != "artifact":
+        ...         raise ValueError("corrupt")
+        ...     return "verified"
+        >>> publish("out.txt", write, check), open("out.txt").read()
+        ('verified', 'artifact')
+    """
+    staged = staged_folder if folder else staged_file
+    with staged(path) as temp:
+        write(temp)
+        result = check(temp) if check is not None else None
+        commit(temp, path)
+    return result
+
+
+def bytes_writer(content):
+    """A ``write`` for :func:`publish` that stores ``content`` (bytes) in the file.
+
+    Example:
+        >>> publish("out.bin", bytes_writer(b"TFL3"))
+        >>> open("out.bin", "rb").read()
+        b'TFL3'
+    """
+
+    def write(temp):
+        with open(temp, "wb") as handle:
+            handle.write(content)
+
+    return write

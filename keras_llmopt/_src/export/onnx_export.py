@@ -4,6 +4,7 @@ import logging as std_logging
 
 from absl import logging
 
+from keras_llmopt._src.core.model_inputs import describe_inputs
 from keras_llmopt._src.export import common, files, report, signature
 
 DEFAULT_OPSET = 17
@@ -70,8 +71,8 @@ def to_onnx(
 
     import tf2onnx
 
-    specs, is_dict = signature.input_specs(model, sequence_length, batch_size)
-    function = signature.serving_function(model, specs, is_dict)
+    inputs = describe_inputs(model, sequence_length, batch_size)
+    function = signature.serving_function(model, inputs)
     logging.info("to_onnx: converting %s with tf2onnx (opset %d)", model.name, opset)
     tf2onnx_logger = std_logging.getLogger("tf2onnx")
     level = tf2onnx_logger.level
@@ -87,27 +88,26 @@ def to_onnx(
     _check(proto)
     if rewritten:
         notes.append(f"rewrote {rewritten} Erfc nodes as 1 - Erf (exact GELU)")
-    if verification_data is None and any(None in s.shape[1:] for s in specs):
-        specs, _ = signature.input_specs(model, 16, batch_size)
+    verify_inputs = inputs
+    if verification_data is None and inputs.has_dynamic_length:
+        verify_inputs = describe_inputs(model, 16, batch_size)
 
-    with files.staged_file(path) as temp:
-        with open(temp, "wb") as handle:
-            handle.write(proto.SerializeToString())
-        verification = None
-        if verify:
-            verification = common.verify_staged(
-                temp,
-                path,
-                model,
-                specs,
-                is_dict,
-                verification_data,
-                tolerance,
-                "float32",
-                "ONNX export",
-                num_threads,
-            )
-        files.commit(temp, path)
+    def check(temp):
+        if not verify:
+            return None
+        return common.verify_staged(
+            temp,
+            path,
+            model,
+            verify_inputs,
+            verification_data,
+            tolerance,
+            "float32",
+            "ONNX export",
+            num_threads,
+        )
+
+    verification = files.publish(path, files.bytes_writer(proto.SerializeToString()), check)
     result = report.ExportReport(
         path=path,
         format="onnx",

@@ -24,7 +24,8 @@ class ExportReport:
         num_parameters: The Keras model's parameter count.
         summary: Op and dtype summary: ``ops`` (count by op name), ``matmul_inputs`` (for
             matmul-like ops, count by their input dtypes), ``inputs``, ``output``, and
-            for TFLite ``sparse_tensors``.
+            for TFLite ``sparse_tensors`` and ``signatures`` (``{key: {"inputs": [...],
+            "outputs": [...]}}``, the file's SignatureDefs).
         verification: A ``VerificationReport`` or ``None`` when ``verify=False``.
         notes: Anything the exporter changed or worked around, in words.
 
@@ -100,6 +101,10 @@ def tflite_summary(path):
     ]
     output = interpreter.get_output_details()[0]
     return {
+        "signatures": {
+            key: {"inputs": list(io["inputs"]), "outputs": list(io["outputs"])}
+            for key, io in interpreter.get_signature_list().items()
+        },
         "ops": dict(ops.most_common()),
         "matmul_inputs": {k: dict(v) for k, v in matmul.items()},
         "sparse_tensors": sparse,

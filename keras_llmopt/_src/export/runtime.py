@@ -12,9 +12,17 @@ import time
 
 import numpy as np
 
+SERVING_KEY = "serving_default"
+OUTPUT_NAME = "output"
+
 
 class Runner:
     """Callable ``runner(inputs) -> np.ndarray`` over one exported artifact.
+
+    ``runner(inputs)`` runs the artifact's (first) serving function over any number of
+    rows; ``runner.run_signature(name, inputs)`` runs one named signature once, on
+    inputs of its exact shapes, and returns its outputs by name (a ``.tflite`` from
+    ``to_tflite_signatures`` carries several).
 
     Attributes:
         path: The artifact's path.
@@ -43,6 +51,52 @@ class Runner:
 
     def _run_batch(self, feeds):  # feeds: name -> array of the artifact's exact shape
         raise NotImplementedError
+
+    @property
+    def signature_names(self):
+        """The artifact's signature keys (``("serving_default",)`` for one function)."""
+        return (SERVING_KEY,)
+
+    def run_signature(self, name, inputs):
+        """Runs one named signature once on inputs of its exact shapes.
+
+        Args:
+            name: A key of ``signature_names``.
+            inputs: A dict of arrays keyed by the signature's input names.
+
+        Returns:
+            A dict of numpy arrays keyed by the signature's output names (quantized
+            outputs dequantized to float32).
+
+        Example:
+            >>> import numpy as np
+            >>> from keras_llmopt import export, reference
+            >>> _ = export.to_tflite(reference.build_gpt("tiny"), "gpt.tflite",
+            ...                      sequence_length=8)
+            >>> runner = export.load_runner("gpt.tflite")
+            >>> out = runner.run_signature("serving_default",
+            ...                            {"tokens": np.zeros((1, 8), "int32")})
+            >>> {k: v.shape for k, v in out.items()}
+            {'output': (1, 8, 256)}
+        """
+        self._check_signature(name)
+        if not isinstance(inputs, dict):
+            raise TypeError(
+                f"`inputs` must be a dict of arrays keyed by input name. Received: "
+                f"{type(inputs).__name__}"
+            )
+        return self._run_signature(name, {k: np.asarray(v) for k, v in inputs.items()})
+
+    def _run_signature(self, name, feeds):
+        del name
+        return {OUTPUT_NAME: self._run_batch(self.as_feeds(feeds))}
+
+    def _check_signature(self, name):
+        if name not in self.signature_names:
+            raise ValueError(
+                f"Artifact {self.path!r} has no signature {name!r}. Accepted: "
+                f"{list(self.signature_names)}"
+            )
 
     def as_feeds(self, inputs):
         """Maps an array (token ids) or a dict of arrays onto the artifact's inputs."""
@@ -150,11 +204,13 @@ class TFLiteRunner(Runner):
                 experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             )
             self.interpreter.allocate_tensors()
+        self._signatures = self.interpreter.get_signature_list()
+        self._signature_runners = {}
         self._inputs = self.interpreter.get_input_details()
         self._output = self.interpreter.get_output_details()[0]
         details = [
             {
-                "name": clean_name(d["name"]),
+                "name": clean_name(d["name"], self._signatures),
                 "shape": tuple(
                     None if s < 0 else int(n) for n, s in zip(d["shape"], d["shape_signature"])
                 ),
@@ -175,10 +231,50 @@ class TFLiteRunner(Runner):
             self.interpreter.set_tensor(detail["index"], value)
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self._output["index"])
-        scale, zero = self._output["quantization"]
-        if scale and self._output["dtype"] != np.float32:
-            out = (out.astype(np.float32) - zero) * scale
-        return np.asarray(out, dtype=np.float32)
+        return _dequantize(out, self._output)
+
+    @property
+    def signature_names(self):
+        """The file's SignatureDef keys (``("serving_default",)`` for older files)."""
+        return tuple(self._signatures) or (SERVING_KEY,)
+
+    def _run_signature(self, name, feeds):
+        if not self._signatures:
+            return super()._run_signature(name, feeds)
+        runner = self._signature_runners.get(name)
+        if runner is None:
+            runner = self.interpreter.get_signature_runner(name)
+            self._signature_runners[name] = runner
+        details = runner.get_input_details()
+        unknown = sorted(set(feeds) - set(details))
+        missing = sorted(set(details) - set(feeds))
+        if unknown or missing:
+            raise ValueError(
+                f"Signature {name!r} of {self.path!r} takes inputs {sorted(details)}. "
+                f"Received: {sorted(feeds)} (unknown {unknown}, missing {missing})"
+            )
+        values = {}
+        for key, detail in details.items():
+            value = feeds[key]
+            if tuple(value.shape) != tuple(detail["shape"]):
+                raise ValueError(
+                    f"Signature {name!r} input {key!r} has shape {tuple(detail['shape'])}. "
+                    f"Received: shape {tuple(value.shape)}"
+                )
+            scale, zero = detail["quantization"]
+            if scale and not np.issubdtype(value.dtype, np.integer):
+                value = np.round(value / scale + zero)
+            values[key] = value.astype(detail["dtype"], copy=False)
+        produced = runner(**values)
+        outputs = runner.get_output_details()
+        return {key: _dequantize(value, outputs[key]) for key, value in produced.items()}
+
+
+def _dequantize(value, detail):
+    scale, zero = detail["quantization"]
+    if scale and detail["dtype"] != np.float32:
+        value = (value.astype(np.float32) - zero) * scale
+    return np.asarray(value, dtype=np.float32)
 
 
 class ONNXRunner(Runner):
@@ -207,6 +303,12 @@ class ONNXRunner(Runner):
     def _run_batch(self, feeds):
         return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
 
+    def _run_signature(self, name, feeds):
+        del name
+        names = [o.name for o in self.session.get_outputs()]
+        produced = self.session.run(None, self.as_feeds(feeds))
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, produced)}
+
 
 class SavedModelRunner(Runner):
     """Runs a SavedModel folder's ``serving_default`` signature with TensorFlow."""
@@ -232,6 +334,15 @@ class SavedModelRunner(Runner):
         out = self._function(**feeds)
         return np.asarray(next(iter(out.values())), dtype=np.float32)
 
+    @property
+    def signature_names(self):
+        """The SavedModel's signature keys."""
+        return tuple(self._loaded.signatures)
+
+    def _run_signature(self, name, feeds):
+        out = self._loaded.signatures[name](**feeds)
+        return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
 
 _ONNX_TYPES = {
     "tensor(int32)": "int32",
@@ -242,10 +353,18 @@ _ONNX_TYPES = {
 }
 
 
-def clean_name(name):
-    """A LiteRT tensor name without the signature prefix and output index."""
+def clean_name(name, signature_keys=(SERVING_KEY,)):
+    """A LiteRT tensor name without the signature prefix and output index.
+
+    Example:
+        >>> clean_name("serving_default_tokens:0")
+        'tokens'
+    """
     name = name.split(":")[0]
-    return name[len("serving_default_") :] if name.startswith("serving_default_") else name
+    for key in sorted(signature_keys or (SERVING_KEY,), key=len, reverse=True):
+        if name.startswith(key + "_"):
+            return name[len(key) + 1 :]
+    return name
 
 
 def load_runner(path, num_threads=None):
@@ -258,7 +377,9 @@ def load_runner(path, num_threads=None):
 
     Returns:
         A ``Runner``: ``runner(tokens)`` with int32 tokens ``(B, T)`` (or a dict of
-        arrays for multi-input models) returns float32 outputs ``(B, T, ...)``.
+        arrays for multi-input models) returns float32 outputs ``(B, T, ...)``;
+        ``runner.signature_names`` lists the artifact's signatures and
+        ``runner.run_signature(name, {input: array})`` returns ``{output: array}``.
 
     Example:
         >>> import numpy as np

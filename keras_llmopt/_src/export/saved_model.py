@@ -2,6 +2,7 @@
 
 from absl import logging
 
+from keras_llmopt._src.core.model_inputs import describe_inputs
 from keras_llmopt._src.export import common, files, report, signature
 
 
@@ -50,35 +51,36 @@ def to_saved_model(
         from keras_llmopt._src.export.verification import resolve_tolerance
 
         resolve_tolerance("float32", tolerance)
-    dynamic = _keep_dynamic(model, batch_size) if sequence_length is None else None
-    if dynamic is not None:
-        specs, is_dict = dynamic
-    else:
-        specs, is_dict = signature.input_specs(model, sequence_length, batch_size)
-    function = signature.serving_function(model, specs, is_dict)
+    inputs = describe_inputs(model, sequence_length, batch_size, keep_dynamic=True)
+    if not inputs.declared:  # a subclassed model is traced at its own (maximum) length
+        inputs = describe_inputs(model, sequence_length, batch_size)
+    function = signature.serving_function(model, inputs)
     module = tf.Module()
     module.model = model
     module.serve = function
-    verify_specs, _ = signature.input_specs(model, sequence_length or None, batch_size)
-    if any(None in s.shape[1:] for s in verify_specs):
-        verify_specs, _ = signature.input_specs(model, 16, batch_size)
-    with files.staged_folder(path) as temp:
+    verify_inputs = describe_inputs(model, sequence_length, batch_size)
+    if verify_inputs.has_dynamic_length:
+        verify_inputs = describe_inputs(model, 16, batch_size)
+
+    def write(temp):
         logging.info("to_saved_model: saving %s", model.name)
-        tf.saved_model.save(module, temp, signatures={"serving_default": function})
-        verification = None
-        if verify:
-            verification = common.verify_staged(
-                temp,
-                path,
-                model,
-                verify_specs,
-                is_dict,
-                verification_data,
-                tolerance,
-                "float32",
-                "SavedModel export",
-            )
-        files.commit(temp, path)
+        tf.saved_model.save(module, temp, signatures={signature.SERVING_KEY: function})
+
+    def check(temp):
+        if not verify:
+            return None
+        return common.verify_staged(
+            temp,
+            path,
+            model,
+            verify_inputs,
+            verification_data,
+            tolerance,
+            "float32",
+            "SavedModel export",
+        )
+
+    verification = files.publish(path, write, check, folder=True)
     return report.ExportReport(
         path=path,
         format="saved_model",
@@ -86,18 +88,9 @@ def to_saved_model(
         size_bytes=report.artifact_size(path),
         num_parameters=int(model.count_params()),
         summary={
-            "inputs": [(s.name, s.dtype, s.shape) for s in specs],
+            "inputs": [(s.name, s.dtype, s.shape) for s in inputs.specs],
             "signature": "serving_default",
         },
         verification=verification,
         notes=(),
     )
-
-
-def _keep_dynamic(model, batch_size):
-    # The model's declared shapes with only the batch axis set: dynamic lengths stay.
-    specs = signature._model_inputs(model)
-    if specs is None:
-        return None
-    is_dict = isinstance(getattr(model, "input", None), dict)
-    return [s.__class__(s.name, (batch_size, *s.shape[1:]), s.dtype) for s in specs], is_dict

@@ -2,19 +2,21 @@
 
 from absl import logging
 
+from keras_llmopt._src.core.model_inputs import describe_inputs
 from keras_llmopt._src.export import (
     calibration,
     common,
     compact,
+    converter,
     files,
     int4,
     report,
     runtime,
-    signature,
+    signature_def,
+    tflite_modes,
 )
-
-QUANTIZATION_MODES = (None, "float16", "dynamic_int8", "int8", "int16x8", "int4")
-_CALIBRATED = ("int8", "int16x8")
+from keras_llmopt._src.export.tflite_modes import QUANTIZATION_MODES  # noqa: F401
+from keras_llmopt._src.export.verification import resolve_tolerance
 
 
 def to_tflite(
@@ -39,7 +41,9 @@ def to_tflite(
     in the file) and converted. The artifact is written to a temporary file next to
     ``path``, run back in LiteRT and compared with Keras; only then is it moved to
     ``path``. On any failure nothing is left at ``path`` and a file already there is
-    kept.
+    kept. The file has one signature, ``serving_default``, whose inputs carry the
+    model's input names (``tokens``, or ``token_ids`` and ``padding_mask``) and whose
+    one output is ``output``, in every mode.
 
     Modes (``quantization``):
         * ``None``: float32.
@@ -51,9 +55,9 @@ def to_tflite(
           converter's post-training int8 can wreck a transformer: verification
           (top-1 agreement, bits per byte) catches it and raises. The graph is
           rewritten first as for ``"int16x8"`` (the attention-mask fill, see
-          ``signature.rewrite_for_integer``).
+          ``graph_rewrite.rewrite_for_integer``).
         * ``"int16x8"``: int16 activations, int8 weights, calibrated. The graph is
-          rewritten first (``signature.rewrite_for_integer``) because the converter's
+          rewritten first (``graph_rewrite.rewrite_for_integer``) because the converter's
           16x8 quantizer otherwise fails on the int32 token input ("Empty min/max for
           tensor tokens"), LiteRT has no int16 SquaredDifference kernel, and the
           attention mask's -3.4e38 fill ruins the softmax input's int16 scale; ops
@@ -80,8 +84,9 @@ def to_tflite(
             float model: token-id array ``(N, T')`` (e.g. corpus windows), a dict of
             arrays, or a callable returning an iterable of samples.
         sequence_length: Fixed length of the exported inputs (default: the model's
-            own, e.g. the reference GPT's learned positions). Required for models with
-            dynamic length and no declared maximum (e.g. KerasHub Llama).
+            own, e.g. the reference GPT's learned positions); at most the model's
+            maximum. Required for models with dynamic length and no declared maximum
+            (e.g. KerasHub Llama).
         batch_size: Fixed batch size of the artifact.
         sparse: Store pruned (mostly zero) weights in TFLite's sparse encoding.
         num_threads: LiteRT threads used to verify.
@@ -108,42 +113,20 @@ def to_tflite(
         >>> from keras_llmopt import export, reference
         >>> model = reference.build_gpt("tiny")
         >>> r = export.to_tflite(model, "gpt.tflite", quantization="dynamic_int8")
-        >>> r.size_bytes, r.verification.top1_agreement
+        >>> r.size_bytes < 4 * model.count_params(), r.verification.passed
+        (True, True)
     """
     common.check_model(model, "to_tflite")
     path = files.check_path(path)
-    if quantization not in QUANTIZATION_MODES:
-        raise ValueError(
-            f"Unknown TFLite quantization mode. Received: quantization={quantization!r}; "
-            f"accepted: {list(QUANTIZATION_MODES)}"
-        )
+    mode = tflite_modes.get_mode(quantization)
     common.check_positive_int("sequence_length", sequence_length)
     common.check_positive_int("batch_size", batch_size, allow_none=False)
     common.check_positive_int("num_threads", num_threads)
-    common.check_bool("sparse", sparse)
+    check_conversion_arguments(mode, representative_dataset, sparse, block_size)
     common.check_bool("verify", verify)
     common.check_bool("compact_file", compact_file)
-    if representative_dataset is not None and quantization not in _CALIBRATED:
-        raise ValueError(
-            "`representative_dataset` is only used by quantization='int8' or 'int16x8'. "
-            f"Received: quantization={quantization!r} with a representative_dataset"
-        )
-    int4.check_block_size(block_size)
-    if sparse and quantization == "int4":
-        raise ValueError(
-            "quantization='int4' packs weights two to a byte and cannot also store them "
-            "sparsely. Received: sparse=True with quantization='int4'"
-        )
-    if block_size is not None and quantization != "int4":
-        raise ValueError(
-            "`block_size` is only used by quantization='int4'. "
-            f"Received: block_size={block_size!r} with quantization={quantization!r}"
-        )
-    mode = quantization or "float32"
     if tolerance is not None:
-        from keras_llmopt._src.export.verification import resolve_tolerance
-
-        resolve_tolerance(mode, tolerance)
+        resolve_tolerance(mode.tolerance, tolerance)
 
     notes = []
     model, weight_only = _dequantized_if_weight_only(model)
@@ -152,100 +135,55 @@ def to_tflite(
             f"weight-only quantization-aware model ({weight_only.name}): exported its "
             "dequantized weights (strip_quantization), stored at this mode's precision"
         )
-        if quantization == "int4" and block_size is None:
+        if mode.int4_weights and block_size is None:
             block_size = weight_only.weight_group_size
-    specs, is_dict = signature.input_specs(model, sequence_length, batch_size)
-    if any(None in s.shape for s in specs):
-        raise ValueError(
-            "to_tflite: the model's inputs have a dynamic length and it declares no "
-            f"maximum. Received: sequence_length=None for inputs {[s.name for s in specs]}; "
-            "pass sequence_length=N"
-        )
-    logging.info("to_tflite: tracing %s with inputs %s", model.name, [s.shape for s in specs])
-    frozen = signature.frozen_function(signature.serving_function(model, specs, is_dict))
-    is_qat = signature.has_fake_quant(frozen)
-    if quantization == "int4" and is_qat:
+    inputs = describe_inputs(model, sequence_length, batch_size).require_fixed_length("to_tflite")
+    logging.info(
+        "to_tflite: tracing %s with inputs %s", model.name, [s.shape for s in inputs.specs]
+    )
+    traced = converter.trace(
+        [signature_def.model_signature(model, inputs)], integer_rewrite=mode.integer_rewrite
+    )
+    if mode.int4_weights and traced.is_qat:
         raise ValueError(
             "quantization='int4' stores weights only and keeps activations float, but this "
             "model is quantization-aware with activation ranges. Export it with 'int8' / "
             "'int16x8', or quantize with a weight-only scheme ('4bit_weights*'). Received: "
             f"scheme={getattr(getattr(model, 'quantize_report', None), 'scheme', None)!r}"
         )
-    if quantization in _CALIBRATED and representative_dataset is None and not is_qat:
+    if mode.calibrated and representative_dataset is None and not traced.is_qat:
         raise ValueError(
             f"quantization={quantization!r} needs calibration: pass representative_dataset="
             "(token-id windows, e.g. corpus.train[:64]) or export a quantization-aware "
             "trained model. Received: representative_dataset=None on a float model"
         )
-    if quantization in ("int16x8", "int8"):
-        frozen, changed = signature.rewrite_for_integer(frozen)
-        if changed:
-            notes.append(
-                f"{quantization}: rewrote {changed} graph nodes (token-id wrap, "
-                "SquaredDifference, attention-mask fill)"
-            )
-    if is_qat:
-        notes.append("quantization ranges learned by QAT (fake-quant ops) are used")
-
-    converter = _converter(
-        model,
-        frozen,
-        None if quantization == "int4" else quantization,
-        representative_dataset,
-        specs,
-        is_dict,
-        batch_size,
-        sparse,
-        is_qat,
+    data = None
+    if representative_dataset is not None:
+        data = calibration.representative_generator(
+            representative_dataset, inputs.specs, inputs.is_dict, batch_size
+        )
+    content, compaction = build_flatbuffer(
+        traced, mode, sparse, data, block_size, compact_file, notes, "to_tflite"
     )
-    logging.info("to_tflite: converting (quantization=%s, sparse=%s)", quantization, sparse)
-    try:
-        content = converter.convert()
-    except Exception as error:  # the converter raises many types; keep its message
-        raise RuntimeError(
-            f"to_tflite: the TFLite converter failed for quantization={quantization!r}, "
-            f"sparse={sparse}: {error}"
-        ) from error
-    if quantization == "int4":
-        content = int4.quantize_weights_int4(content, block_size)
-        granularity = "per output channel" if block_size is None else f"blocks of {block_size}"
-        notes.append(f"int4 weights ({granularity}) by the AI Edge Quantizer")
-    compaction = None
-    if compact_file:
-        content, compaction = compact.compact_tflite(content)
-        if compaction["reason"]:
-            notes.append(f"flatbuffer not compacted: {compaction['reason']}")
 
-    with files.staged_file(path) as temp:
-        with open(temp, "wb") as handle:
-            handle.write(content)
-        summary = report.tflite_summary(temp)
-        xnnpack_error = runtime.TFLiteRunner(temp).xnnpack_error
-        if xnnpack_error:
-            notes.append(
-                "LiteRT's XNNPACK delegate cannot run this artifact; it runs on the builtin "
-                f"kernels (slower). XNNPACK said: {xnnpack_error.strip()}"
-            )
-        summary["xnnpack"] = xnnpack_error is None
-        if compaction is not None:
-            summary["compaction"] = compaction
-        if xnnpack_error is None:
-            summary["xnnpack_fallback_ops"] = report.xnnpack_fallback_ops(temp)
+    def check(temp):
+        summary = inspect_staged(temp, compaction, notes)
         verification = None
         if verify:
             verification = common.verify_staged(
                 temp,
                 path,
                 model,
-                specs,
-                is_dict,
+                inputs,
                 verification_data,
                 tolerance,
-                mode,
+                mode.tolerance,
                 f"TFLite export (quantization={quantization!r})",
                 num_threads,
             )
-        files.commit(temp, path)
+        return summary, verification
+
+    summary, verification = files.publish(path, files.bytes_writer(content), check)
     result = report.ExportReport(
         path=path,
         format="tflite",
@@ -258,6 +196,93 @@ def to_tflite(
     )
     logging.info("to_tflite: wrote %s (%d bytes)", path, result.size_bytes)
     return result
+
+
+def check_conversion_arguments(mode, representative_dataset, sparse, block_size):
+    """Checks the conversion arguments every TFLite exporter shares.
+
+    Example:
+        >>> check_conversion_arguments(tflite_modes.MODES["int4"], None, False, 32)
+    """
+    common.check_bool("sparse", sparse)
+    if representative_dataset is not None and not mode.calibrated:
+        raise ValueError(
+            "`representative_dataset` is only used by quantization='int8' or 'int16x8'. "
+            f"Received: quantization={mode.name!r} with a representative_dataset"
+        )
+    int4.check_block_size(block_size)
+    if sparse and mode.int4_weights:
+        raise ValueError(
+            "quantization='int4' packs weights two to a byte and cannot also store them "
+            "sparsely. Received: sparse=True with quantization='int4'"
+        )
+    if block_size is not None and not mode.int4_weights:
+        raise ValueError(
+            "`block_size` is only used by quantization='int4'. "
+            f"Received: block_size={block_size!r} with quantization={mode.name!r}"
+        )
+
+
+def build_flatbuffer(traced, mode, sparse, data, block_size, compact_file, notes, what):
+    """Converts traced signatures in ``mode``, then int4 and compaction; appends notes.
+
+    Returns:
+        ``(content, compaction)``: the flatbuffer's bytes and the compaction statistics
+        (``None`` when ``compact_file`` is off).
+
+    Example:
+        >>> from keras_llmopt._src.export.signature_def import Signature
+        >>> s = Signature("twice", lambda x: {"y": 2.0 * x}, [("x", (2,), "float32")],
+        ...               ["y"], lambda x: {"y": 2.0 * x})
+        >>> notes = []
+        >>> content, stats = build_flatbuffer(converter.trace([s]), tflite_modes.MODES[None],
+        ...                                   False, None, None, True, notes, "example")
+        >>> content[4:8], "reason" in stats
+        (b'TFL3', True)
+    """
+    if traced.rewritten:
+        notes.append(
+            f"{mode.name}: rewrote {traced.rewritten} graph nodes (token-id wrap, "
+            "SquaredDifference, attention-mask fill)"
+        )
+    if traced.is_qat:
+        notes.append("quantization ranges learned by QAT (fake-quant ops) are used")
+    logging.info("%s: converting (quantization=%s, sparse=%s)", what, mode.name, sparse)
+    content = converter.convert(traced, mode, sparse=sparse, representative_dataset=data, what=what)
+    if mode.int4_weights:
+        content = int4.quantize_weights_int4(content, block_size)
+        granularity = "per output channel" if block_size is None else f"blocks of {block_size}"
+        notes.append(f"int4 weights ({granularity}) by the AI Edge Quantizer")
+    compaction = None
+    if compact_file:
+        content, compaction = compact.compact_tflite(content)
+        if compaction["reason"]:
+            notes.append(f"flatbuffer not compacted: {compaction['reason']}")
+    return content, compaction
+
+
+def inspect_staged(temp, compaction, notes):
+    """The summary of a staged ``.tflite`` (ops, dtypes, XNNPACK); appends notes.
+
+    Example:
+        >>> from keras_llmopt import export, reference
+        >>> _ = export.to_tflite(reference.build_gpt("tiny"), "gpt.tflite", sequence_length=8)
+        >>> inspect_staged("gpt.tflite", None, [])["signatures"]["serving_default"]
+        {'inputs': ['tokens'], 'outputs': ['output']}
+    """
+    summary = report.tflite_summary(temp)
+    xnnpack_error = runtime.TFLiteRunner(temp).xnnpack_error
+    if xnnpack_error:
+        notes.append(
+            "LiteRT's XNNPACK delegate cannot run this artifact; it runs on the builtin "
+            f"kernels (slower). XNNPACK said: {xnnpack_error.strip()}"
+        )
+    summary["xnnpack"] = xnnpack_error is None
+    if compaction is not None:
+        summary["compaction"] = compaction
+    if xnnpack_error is None:
+        summary["xnnpack_fallback_ops"] = report.xnnpack_fallback_ops(temp)
+    return summary
 
 
 def _dequantized_if_weight_only(model):
@@ -281,36 +306,3 @@ def _dequantized_if_weight_only(model):
     if not isinstance(scheme, QuantizeScheme):
         scheme = QuantizeScheme(name="weight-only", activation_bits=None)
     return strip_quantization(model), scheme
-
-
-def _converter(model, frozen, quantization, data, specs, is_dict, batch_size, sparse, is_qat):
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
-    optimizations = []
-    if quantization is not None or is_qat:
-        optimizations.append(tf.lite.Optimize.DEFAULT)
-    if sparse:
-        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
-    converter.optimizations = optimizations
-    if quantization == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantization in _CALIBRATED:
-        if data is not None:
-            converter.representative_dataset = calibration.representative_generator(
-                data, specs, is_dict, batch_size
-            )
-        if quantization == "int8" and data is not None:
-            # (A QAT model without data is left out: the converter then reads the
-            # fake-quant ranges, while TFLITE_BUILTINS_INT8 would demand a dataset.)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        elif quantization == "int8":
-            # A QAT model: the builtin op set; every op between fake-quant ranges is
-            # quantized to int8 from them (the 16x8 op set would misread 8-bit ranges).
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        else:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
-                tf.lite.OpsSet.TFLITE_BUILTINS,
-            ]
-    return converter

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from keras_llmopt._src.core.model_inputs import describe_inputs
 from keras_llmopt._src.export import runtime
 
 # err <= atol + rtol * max|reference| on the max absolute error; top1 = least top-1
@@ -284,7 +285,7 @@ def verify(
                 f"`inputs` must be token ids of shape (batch, length) or a dict of arrays. "
                 f"Received: inputs of shape {inputs.shape}"
             )
-    if isinstance(getattr(model, "input", None), dict) and not isinstance(inputs, dict):
+    if describe_inputs(model).is_dict and not isinstance(inputs, dict):
         inputs = runner.as_feeds(inputs)
     produced = runner(inputs)
     reference = keras_outputs(model, inputs)

@@ -85,8 +85,8 @@ def inspect_model(model):
         >>> print(pipeline.inspect_model(reference.build_gpt("tiny")))
         model 'gpt_tiny': 140,... parameters, ...
     """
-    from keras_llmopt import sparsity
     from keras_llmopt._src.core import targeting
+    from keras_llmopt._src.sparsity import report as sparsity_report_lib
 
     if isinstance(model, str | os.PathLike):
         path = os.fspath(model)
@@ -124,7 +124,7 @@ def inspect_model(model):
         name=model.name,
         parameters=parameters,
         bytes_by_dtype=dict(by_dtype),
-        sparsity=sparsity.sparsity_report(model),
+        sparsity=sparsity_report_lib.sparsity_report(model),
         targets=targets,
         pruned=pruned,
     )

@@ -9,6 +9,7 @@ import keras
 from absl import logging
 
 from keras_llmopt._src.core import model_copy, registry
+from keras_llmopt._src.core.model_inputs import describe_inputs
 from keras_llmopt._src.pipeline import recipe as recipe_lib
 from keras_llmopt._src.pipeline import stages as stages_lib
 from keras_llmopt._src.reference.cache import atomic_path
@@ -51,13 +52,7 @@ class PipelineResult:
 
 
 def _sequence_length(model):
-    for layer in model.layers:
-        if layer.name == "position_embedding":
-            return int(layer.input_dim)
-    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
-    if shape is not None and len(shape) == 2 and shape[1]:
-        return int(shape[1])
-    return None
+    return describe_inputs(model).sequence_length
 
 
 def preflight(recipe):

@@ -168,7 +168,7 @@ def run_evaluate(stage, state, ctx):
 
 def run_export(stage, state, ctx):
     """A verified artifact of the current model (stripped first if needed)."""
-    from keras_llmopt import export
+    from keras_llmopt._src.export import onnx_export, saved_model, tflite
 
     p = stage.params
     model = _strip_for_export(state.model)
@@ -183,7 +183,7 @@ def run_export(stage, state, ctx):
             calibration = None
             if quantization in ("int8", "int16x8") and as_is is None:
                 calibration = _windows(ctx.corpus.train, p["calibration_windows"])[:, :-1]
-            report = export.to_tflite(
+            report = tflite.to_tflite(
                 model,
                 path,
                 quantization=quantization,
@@ -194,7 +194,7 @@ def run_export(stage, state, ctx):
                 verification_data=data,
             )
         elif p["format"] == "onnx":
-            report = export.to_onnx(
+            report = onnx_export.to_onnx(
                 model,
                 path,
                 sequence_length=ctx.sequence_length,
@@ -202,7 +202,9 @@ def run_export(stage, state, ctx):
                 verification_data=data,
             )
         else:
-            report = export.to_saved_model(model, path, verify=p["verify"], verification_data=data)
+            report = saved_model.to_saved_model(
+                model, path, verify=p["verify"], verification_data=data
+            )
     except (ValueError, RuntimeError) as error:
         raise StageError(f"Recipe {stage.label}: export to {path} failed: {error}") from error
     v = report.verification

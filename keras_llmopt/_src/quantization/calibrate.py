@@ -124,7 +124,7 @@ def calibrate(model, dataset, method="minmax", num_batches=None, batch_size=8, p
             "quantize_model(model) with a scheme that quantizes activations. Received: "
             f"model={getattr(model, 'name', model)!r}"
         )
-    from keras_llmopt._src.export.signature import infer_sequence_length
+    from keras_llmopt._src.core.model_inputs import infer_sequence_length
 
     length = infer_sequence_length(model)
     seen = 0
