@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 
 from keras_llmopt import reference, sparsity  # noqa: E402
-from keras_llmopt._src.core.model_copy import copy_model  # noqa: E402
+from keras_llmopt.techniques import copy_model  # noqa: E402
 
 PRESET = flags.DEFINE_string("preset", "small", "Reference GPT preset (tiny or small).")
 STEPS = flags.DEFINE_integer("steps", 600, "Fine-tuning steps (pruned and dense alike).")
