@@ -6,7 +6,9 @@ In one run:
 * the same ratio for tfmot on a tf_keras twin of the model (Dense MLP layers only:
   tfmot cannot wrap attention layers),
   each the median of timed segments after warm-up, the variants timed in alternation so
-  that load from other processes falls on all of them alike,
+  that load from other processes falls on all of them alike; printed for wall time and
+  for the process's CPU time (all threads), which load from other processes inflates
+  far less (on a shared machine, read the CPU ratio),
 * validation bpb after a pruned fine-tune (PolynomialDecay 0 -> 50%) vs a dense
   fine-tune of the same steps.
 
@@ -28,6 +30,7 @@ TIME_STEPS = flags.DEFINE_integer("time_steps", 60, "Timed training steps per se
 SEGMENTS = flags.DEFINE_integer("segments", 5, "Timed segments (median is reported).")
 BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
 BPB = flags.DEFINE_bool("bpb", True, "Also fine-tune pruned vs dense and report bpb.")
+TFMOT = flags.DEFINE_bool("tfmot", True, "Also time tfmot on the tf_keras twin.")
 
 
 def _interleaved_step_times(fit_segments, segments, steps):
@@ -35,16 +38,39 @@ def _interleaved_step_times(fit_segments, segments, steps):
 
     Alternating the variants segment by segment spreads any drift in the machine's
     load (other processes) evenly over them, so the ratios stay fair.
+
+    Returns:
+        ``{name: {"wall": s, "cpu": s, "segments": [(wall, cpu), ...]}}``.
     """
     for fit_segment in fit_segments.values():
         fit_segment(steps)  # warm-up (compile)
     times = {name: [] for name in fit_segments}
     for _ in range(segments):
         for name, fit_segment in fit_segments.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fit_segment(steps)
-            times[name].append((time.perf_counter() - start) / steps)
-    return {name: float(np.median(t)) for name, t in times.items()}
+            times[name].append(
+                ((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps)
+            )
+    return {
+        name: {
+            "wall": float(np.median([w for w, _ in t])),
+            "cpu": float(np.median([c for _, c in t])),
+            "segments": t,
+        }
+        for name, t in times.items()
+    }
+
+
+def _ratio_line(times, name, base="dense"):
+    """One variant's wall and CPU step times and ratios, with the per-segment CPU spread."""
+    t, b = times[name], times[base]
+    spread = [c / bc for (_, c), (_, bc) in zip(t["segments"], b["segments"], strict=True)]
+    return (
+        f"{t['wall'] * 1e3:.1f} ms, ratio {t['wall'] / b['wall']:.3f} "
+        f"(CPU {t['cpu'] * 1e3:.1f} ms, ratio {t['cpu'] / b['cpu']:.3f}, "
+        f"per segment {min(spread):.3f}-{max(spread):.3f})"
+    )
 
 
 def _segment_fn(model, x, y, callbacks):
@@ -165,6 +191,17 @@ def _bpb(preset, corpus, base, steps):
     return {"before": before, "pruned": after, "dense": reference.evaluate(dense, corpus).bpb}
 
 
+def _print_tfmot(config, x, y):
+    try:
+        theirs = _tfmot(config, x, y, SEGMENTS.value, TIME_STEPS.value)
+        print(
+            f"tfmot (tf_keras twin, MLP Dense only) step time: dense "
+            f"{_ratio_line(theirs, 'dense')}; pruned {_ratio_line(theirs, 'pruned')}"
+        )
+    except Exception as error:  # report what tfmot cannot do instead of stopping
+        print(f"tfmot twin failed: {type(error).__name__}: {error}")
+
+
 def main(argv):
     del argv
     from keras_llmopt import reference
@@ -178,21 +215,12 @@ def main(argv):
 
     ours = _ours(config, base, x, y, SEGMENTS.value, TIME_STEPS.value)
     print(
-        f"keras_llmopt step time: dense {ours['dense'] * 1e3:.1f} ms, pruned "
-        f"{ours['pruned'] * 1e3:.1f} ms, ratio {ours['pruned'] / ours['dense']:.3f} "
-        "(attention q/k/v/o + MLP pruned); MLP only "
-        f"{ours['pruned_mlp_only'] * 1e3:.1f} ms, ratio "
-        f"{ours['pruned_mlp_only'] / ours['dense']:.3f}"
+        f"keras_llmopt step time: dense {_ratio_line(ours, 'dense')}; pruned "
+        f"{_ratio_line(ours, 'pruned')} (attention q/k/v/o + MLP pruned); MLP only "
+        f"{_ratio_line(ours, 'pruned_mlp_only')}"
     )
-    try:
-        theirs = _tfmot(config, x, y, SEGMENTS.value, TIME_STEPS.value)
-        print(
-            f"tfmot (tf_keras twin, MLP Dense only) step time: dense {theirs['dense'] * 1e3:.1f}"
-            f" ms, pruned {theirs['pruned'] * 1e3:.1f} ms, ratio "
-            f"{theirs['pruned'] / theirs['dense']:.3f}"
-        )
-    except Exception as error:  # report what tfmot cannot do instead of stopping
-        print(f"tfmot twin failed: {type(error).__name__}: {error}")
+    if TFMOT.value:
+        _print_tfmot(config, x, y)
     if not BPB.value:
         return
 

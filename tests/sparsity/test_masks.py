@@ -36,6 +36,33 @@ def test_exact_count_with_ties_and_monotone():
     assert np.array_equal(m3, m2)
 
 
+def _rank_mask(key, sparsity, min_pruned):
+    # The definition: prune the entries ranked lowest, ties broken by index.
+    n = min(max(int(np.round(np.float32(sparsity) * np.float32(key.size))), min_pruned), key.size)
+    rank = np.argsort(np.argsort(key, kind="stable"), kind="stable")
+    return (rank >= n).astype("float32")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_mask_is_the_stable_rank_mask_with_ties(seed):
+    rng = np.random.RandomState(seed)
+    for size in (1, 2, 7, 33):
+        for key in (
+            rng.randn(size).astype("float32"),
+            rng.randint(0, 3, size).astype("float32"),  # many ties, at the threshold too
+            np.where(rng.rand(size) < 0.4, -1.0, rng.randint(0, 3, size)).astype("float32"),
+        ):
+            already = int((key < 0).sum())
+            for sparsity in (0.0, 0.1, 0.5, 0.9, 0.99):
+                for min_pruned in (already, size):
+                    got = masks._exact_mask(ops.convert_to_tensor(key), sparsity, min_pruned)
+                    np.testing.assert_array_equal(
+                        ops.convert_to_numpy(got),
+                        _rank_mask(key, sparsity, min_pruned),
+                        err_msg=f"{key} {sparsity} {min_pruned}",
+                    )
+
+
 def test_two_four_on_every_group_along_input_dim():
     w = np.random.RandomState(2).randn(16, 6).astype("float32")  # Dense (in=16, out=6)
     m, _ = _mask(w, sparsity=0.0, m_by_n=(2, 4))

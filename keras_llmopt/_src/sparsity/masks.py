@@ -6,8 +6,9 @@ last and flattened). Block sparsity pools ``|w|`` over ``(block_rows,
 block_cols)`` tiles of that view; N:M sparsity keeps the ``m`` largest of each
 run of ``n`` consecutive columns.
 
-The mask prunes an EXACT count ``round(sparsity * size)`` using a double
-``argsort`` rank (no ``top_k``, whose ``k`` would have to be static on JAX).
+The mask prunes an EXACT count ``round(sparsity * size)``: the entries ranked
+lowest in ascending order with ties broken by index, found with one ``sort``
+(no ``top_k``, whose ``k`` would have to be static on JAX).
 Weights pruned before rank below everything else, so sparsity never decreases
 and a pruned weight stays pruned.
 """
@@ -166,11 +167,28 @@ def _ranks(x, axis=-1):
 
 
 def _exact_mask(key, sparsity, min_pruned):
-    """1 where ``key`` is not among the ``round(sparsity*size)`` smallest (1-D)."""
+    """1 where ``key`` is not among the ``round(sparsity*size)`` smallest (1-D).
+
+    The entries pruned are those of rank below ``n_prune`` in the ascending
+    order with ties broken by index (the order of a stable ``argsort``). One
+    ``sort`` finds the smallest kept key ``t``; entries equal to ``t`` are
+    ranked among themselves by index with a ``cumsum``. This is the double
+    ``argsort`` rank's mask exactly, at about half its cost (one sort, not two).
+    """
     size = key.shape[0]
+    if size == 0:
+        return ops.ones((0,), "float32")
     n_prune = ops.cast(ops.round(ops.cast(sparsity, "float32") * float(size)), "int32")
     n_prune = ops.minimum(ops.maximum(n_prune, min_pruned), size)
-    return ops.cast(ops.greater_equal(_ranks(key), n_prune), "float32")
+    kept = ops.take(ops.sort(key), ops.minimum(n_prune, size - 1))
+    below = ops.sum(ops.cast(ops.less(key, kept), "int32"))
+    tied = ops.equal(key, kept)
+    tie_rank = ops.cumsum(ops.cast(tied, "int32")) - 1
+    keep = ops.logical_or(
+        ops.greater(key, kept),
+        ops.logical_and(tied, ops.greater_equal(tie_rank, n_prune - below)),
+    )
+    return ops.cast(ops.logical_and(keep, ops.less(n_prune, size)), "float32")
 
 
 def magnitude_mask(

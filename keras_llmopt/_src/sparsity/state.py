@@ -97,30 +97,47 @@ def create_state(owner, pruned_weights, step_name="pruning_step"):
 
 
 def update_masks(pruned_weights, step_variable, schedule, block_size, pooling, m_by_n):
-    """Advances the step and, on a pruning turn, recomputes every mask (in-graph)."""
+    """Advances the step and, on a pruning turn, recomputes every mask (in-graph).
+
+    One ``cond`` covers all of the unit's weights (a multi-head attention layer
+    has four), so a step that does not prune costs one branch dispatch per unit.
+    The assignments stay outside the ``cond``: on JAX its branches must be pure,
+    and under ``tf.distribute`` an assignment to a replicated variable is a
+    cross-replica synchronisation, which a ``cond`` branch cannot hold. Outside
+    a pruning turn they write back the values just read, which TensorFlow does
+    without copying the tensors.
+    """
     step = ops.convert_to_tensor(step_variable) + 1
     step_variable.assign(step)
+    if not pruned_weights:
+        return
     should_prune, sparsity = schedule(step)
     should_prune = ops.convert_to_tensor(should_prune)
     sparsity = ops.convert_to_tensor(sparsity, dtype="float32")
-    for pw in pruned_weights:
+    masks = [ops.convert_to_tensor(pw.mask) for pw in pruned_weights]
+    thresholds = [ops.convert_to_tensor(pw.threshold) for pw in pruned_weights]
 
-        def compute(pw=pw):
-            return masks_lib.magnitude_mask(
+    def compute():
+        new_masks, new_thresholds = [], []
+        for pw, mask in zip(pruned_weights, masks, strict=True):
+            new_mask, new_threshold = masks_lib.magnitude_mask(
                 ops.convert_to_tensor(pw.variable),
-                ops.convert_to_tensor(pw.mask),
+                mask,
                 sparsity,
                 pw.input_axes,
                 block_size,
                 pooling,
                 m_by_n,
             )
+            new_masks.append(new_mask)
+            new_thresholds.append(new_threshold)
+        return new_masks, new_thresholds
 
-        def keep(pw=pw):
-            return ops.convert_to_tensor(pw.mask), ops.convert_to_tensor(pw.threshold)
+    def keep():
+        return list(masks), list(thresholds)
 
-        new_mask, new_threshold = ops.cond(should_prune, compute, keep)
-        # Assign outside the branches: on JAX the branches are pure functions.
+    new_masks, new_thresholds = ops.cond(should_prune, compute, keep)
+    for pw, new_mask, new_threshold in zip(pruned_weights, new_masks, new_thresholds, strict=True):
         pw.mask.assign(new_mask)
         pw.threshold.assign(new_threshold)
 
