@@ -94,7 +94,7 @@ def _ours(config, base, x, y, segments, steps):
     import keras
 
     from keras_llmopt import reference, sparsity
-    from keras_llmopt._src.sparsity.prune import copy_model
+    from keras_llmopt.techniques import copy_model
 
     def compiled(model):
         model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=reference.lm_loss())
@@ -171,7 +171,7 @@ def _tfmot(config, x, y, segments, steps):
 
 def _bpb(preset, corpus, base, steps):
     from keras_llmopt import reference, sparsity
-    from keras_llmopt._src.sparsity.prune import copy_model
+    from keras_llmopt.techniques import copy_model
 
     before = reference.evaluate(base, corpus).bpb
     end_step = max(1, int(steps * 0.7))
