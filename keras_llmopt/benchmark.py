@@ -16,6 +16,7 @@ Example:
 """
 
 from keras_llmopt._src.benchmark.environment import machine_info, package_versions
+from keras_llmopt._src.benchmark.measure import interleaved_step_times
 from keras_llmopt._src.benchmark.report import ROW_FIELDS, pareto_front, write_report
 from keras_llmopt._src.benchmark.run import DEFAULT_VARIANTS, BenchmarkResult, run_benchmark
 from keras_llmopt._src.benchmark.variants import VARIANTS
@@ -25,6 +26,7 @@ __all__ = [
     "ROW_FIELDS",
     "VARIANTS",
     "BenchmarkResult",
+    "interleaved_step_times",
     "machine_info",
     "package_versions",
     "pareto_front",

@@ -16,12 +16,12 @@ In one run:
 """
 
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from keras_llmopt import benchmark  # noqa: E402
 
 PRESET = flags.DEFINE_string("preset", "small", "Reference GPT preset.")
 STEPS = flags.DEFINE_integer("steps", 600, "Fine-tuning steps for the bpb comparison.")
@@ -31,35 +31,6 @@ SEGMENTS = flags.DEFINE_integer("segments", 5, "Timed segments (median is report
 BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
 BPB = flags.DEFINE_bool("bpb", True, "Also fine-tune pruned vs dense and report bpb.")
 TFMOT = flags.DEFINE_bool("tfmot", True, "Also time tfmot on the tf_keras twin.")
-
-
-def _interleaved_step_times(fit_segments, segments, steps):
-    """Median seconds per step of each ``fit_segment(n)``, timed in alternation.
-
-    Alternating the variants segment by segment spreads any drift in the machine's
-    load (other processes) evenly over them, so the ratios stay fair.
-
-    Returns:
-        ``{name: {"wall": s, "cpu": s, "segments": [(wall, cpu), ...]}}``.
-    """
-    for fit_segment in fit_segments.values():
-        fit_segment(steps)  # warm-up (compile)
-    times = {name: [] for name in fit_segments}
-    for _ in range(segments):
-        for name, fit_segment in fit_segments.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fit_segment(steps)
-            times[name].append(
-                ((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps)
-            )
-    return {
-        name: {
-            "wall": float(np.median([w for w, _ in t])),
-            "cpu": float(np.median([c for _, c in t])),
-            "segments": t,
-        }
-        for name, t in times.items()
-    }
 
 
 def _ratio_line(times, name, base="dense"):
@@ -115,7 +86,7 @@ def _ours(config, base, x, y, segments, steps):
             callbacks,
         ),
     }
-    return _interleaved_step_times(variants, segments, steps)
+    return benchmark.interleaved_step_times(variants, segments, steps)
 
 
 def _tf_keras_twin(config):
@@ -166,7 +137,7 @@ def _tfmot(config, x, y, segments, steps):
         "dense": _segment_fn(compiled(_tf_keras_twin(config)), x, y, []),
         "pruned": _segment_fn(compiled(pruned), x, y, [prune.UpdatePruningStep()]),
     }
-    return _interleaved_step_times(variants, segments, steps)
+    return benchmark.interleaved_step_times(variants, segments, steps)
 
 
 def _bpb(preset, corpus, base, steps):

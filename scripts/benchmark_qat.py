@@ -12,40 +12,18 @@ processes inflates far less (on a shared machine, read the CPU ratio).
 """
 
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from keras_llmopt import benchmark  # noqa: E402
 
 PRESET = flags.DEFINE_string("preset", "small", "Reference GPT preset.")
 SCHEME = flags.DEFINE_string("scheme", "default_8bit", "quantize_model scheme.")
 TIME_STEPS = flags.DEFINE_integer("time_steps", 60, "Timed training steps per segment.")
 SEGMENTS = flags.DEFINE_integer("segments", 5, "Timed segments (median is reported).")
 BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
-
-
-def _interleaved_step_times(fit_segments, segments, steps):
-    """Median seconds per step (wall and CPU) of each ``fit_segment(n)``, alternated."""
-    for fit_segment in fit_segments.values():
-        fit_segment(steps)  # warm-up (compile)
-    times = {name: [] for name in fit_segments}
-    for _ in range(segments):
-        for name, fit_segment in fit_segments.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fit_segment(steps)
-            times[name].append(
-                ((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps)
-            )
-    return {
-        name: {
-            "wall": float(np.median([w for w, _ in t])),
-            "cpu": float(np.median([c for _, c in t])),
-            "segments": t,
-        }
-        for name, t in times.items()
-    }
 
 
 def _segment_fn(model, x, y):
@@ -79,7 +57,7 @@ def main(argv):
     qat = quantization.quantize_model(
         reference.trained_model(PRESET.value, corpus=corpus), scheme=SCHEME.value
     )
-    times = _interleaved_step_times(
+    times = benchmark.interleaved_step_times(
         {"dense": _segment_fn(dense, x, y), "qat": _segment_fn(qat, x, y)},
         SEGMENTS.value,
         TIME_STEPS.value,

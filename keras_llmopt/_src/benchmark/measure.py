@@ -72,3 +72,46 @@ def measure(built, corpus, num_windows, sequence_length, warmup, repeats, thread
     row["top1_agreement"] = None if v is None else v.top1_agreement
     row["notes"] = list(built.notes)
     return row
+
+
+def interleaved_step_times(fit_segments, segments, steps):
+    """Median seconds per training step (wall and CPU) of each ``fit_segment(steps)``.
+
+    Each function is run once untimed (compilation), then the functions take turns,
+    ``segments`` times, so load from other processes falls evenly on all of them and
+    their ratios stay fair. CPU time (``time.process_time``) is steadier than wall time
+    on a shared or throttled machine.
+
+    Args:
+        fit_segments: ``{name: fn(steps)}``, e.g. a dense and a pruned model's ``fit``.
+        segments: Timed turns per function.
+        steps: Training steps per turn.
+
+    Returns:
+        ``{name: {"wall": s, "cpu": s, "segments": [(wall, cpu), ...]}}``.
+
+    Example:
+        >>> times = interleaved_step_times({"noop": lambda n: None}, segments=2, steps=1)
+        >>> sorted(times["noop"])
+        ['cpu', 'segments', 'wall']
+    """
+    import time
+
+    for fit_segment in fit_segments.values():
+        fit_segment(steps)  # warm-up (compile)
+    times = {name: [] for name in fit_segments}
+    for _ in range(segments):
+        for name, fit_segment in fit_segments.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fit_segment(steps)
+            times[name].append(
+                ((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps)
+            )
+    return {
+        name: {
+            "wall": float(np.median([w for w, _ in t])),
+            "cpu": float(np.median([c for _, c in t])),
+            "segments": t,
+        }
+        for name, t in times.items()
+    }
