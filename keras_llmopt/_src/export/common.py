@@ -92,6 +92,27 @@ def verify_staged(temp, path, model, inputs, data, tolerance, mode, what, num_th
     return report
 
 
+def staged_check(verify, path, model, inputs, data, tolerance, mode, what, num_threads=None):
+    """The ``check(temp)`` that ``files.publish`` runs: :func:`verify_staged`, or nothing.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> from keras_llmopt._src.core.model_inputs import describe_inputs
+        >>> model = reference.build_gpt("tiny")
+        >>> check = staged_check(False, "x.onnx", model, describe_inputs(model), None, None,
+        ...                      "float32", "example")
+        >>> check("x.onnx") is None
+        True
+    """
+
+    def check(temp):
+        if not verify:
+            return None
+        return verify_staged(temp, path, model, inputs, data, tolerance, mode, what, num_threads)
+
+    return check
+
+
 def raise_verification_error(what, failures, path, report):
     """Raises the ``VerificationError`` every exporter raises on a mismatch.
 

@@ -92,21 +92,17 @@ def to_onnx(
     if verification_data is None and inputs.has_dynamic_length:
         verify_inputs = describe_inputs(model, 16, batch_size)
 
-    def check(temp):
-        if not verify:
-            return None
-        return common.verify_staged(
-            temp,
-            path,
-            model,
-            verify_inputs,
-            verification_data,
-            tolerance,
-            "float32",
-            "ONNX export",
-            num_threads,
-        )
-
+    check = common.staged_check(
+        verify,
+        path,
+        model,
+        verify_inputs,
+        verification_data,
+        tolerance,
+        "float32",
+        "ONNX export",
+        num_threads,
+    )
     verification = files.publish(path, files.bytes_writer(proto.SerializeToString()), check)
     result = report.ExportReport(
         path=path,

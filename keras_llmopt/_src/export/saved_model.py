@@ -66,20 +66,16 @@ def to_saved_model(
         logging.info("to_saved_model: saving %s", model.name)
         tf.saved_model.save(module, temp, signatures={signature.SERVING_KEY: function})
 
-    def check(temp):
-        if not verify:
-            return None
-        return common.verify_staged(
-            temp,
-            path,
-            model,
-            verify_inputs,
-            verification_data,
-            tolerance,
-            "float32",
-            "SavedModel export",
-        )
-
+    check = common.staged_check(
+        verify,
+        path,
+        model,
+        verify_inputs,
+        verification_data,
+        tolerance,
+        "float32",
+        "SavedModel export",
+    )
     verification = files.publish(path, write, check, folder=True)
     return report.ExportReport(
         path=path,
