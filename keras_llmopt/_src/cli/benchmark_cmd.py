@@ -27,6 +27,7 @@ FLAG_NAMES = (
     "latency_repeats",
     "latency_warmup",
     "keep_artifacts",
+    "plugins",
 )
 
 # Fine-tune steps of the pruning / QAT / clustering variants when --finetune_steps is unset.
