@@ -8,6 +8,7 @@ MODULES = [
     "keras_llmopt._src.quantization.schemes",
     "keras_llmopt._src.quantization.layer_quantizers",
     "keras_llmopt._src.quantization.configs",
+    "keras_llmopt._src.quantization.attention_prep",
     "keras_llmopt._src.quantization.state",
     "keras_llmopt._src.quantization.quantize",
     "keras_llmopt._src.quantization.calibrate",

@@ -10,8 +10,6 @@ interceptor, if any, is wrapped, not replaced).
 import contextlib
 import dataclasses
 
-from keras_llmopt._src.core import layer_state
-
 _MISSING = object()
 
 
@@ -116,14 +114,3 @@ def capture_inputs(layers, on_call=None):
         for path, layer in layers.items():
             stack.enter_context(intercept(layer, "call", recorder(path)))
         yield captured
-
-
-def is_hooked_or_patched(layer):
-    """Whether ``layer.call`` is replaced on the instance (a hook or a layer state).
-
-    Example:
-        >>> import keras
-        >>> is_hooked_or_patched(keras.layers.Dense(2))
-        False
-    """
-    return "call" in vars(layer) or bool(layer_state.states_of(layer))

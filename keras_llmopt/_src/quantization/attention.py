@@ -3,8 +3,8 @@
 The layer's ``_compute_attention`` is replaced (on the instance) by an explicit
 attention with fake quantization at each tensor TFLite's integer kernels see:
 scaled query (MUL output, unless ``1/sqrt(key_dim)`` is folded into the query
-projection: ``configs.fold_query_scales``), scores (BATCH_MATMUL output), softmax input (SELECT
-output), probabilities (SOFTMAX output, fixed ``[0, 1)``) and the attention
+projection: ``attention_prep.fold_query_scales``), scores (BATCH_MATMUL output),
+softmax input (SELECT output), probabilities (SOFTMAX output, fixed ``[0, 1)``) and the attention
 output (second BATCH_MATMUL).
 
 Attention mask: Keras fills masked scores with ``-1e9`` (or ``finfo.min``); a

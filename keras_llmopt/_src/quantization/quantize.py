@@ -17,6 +17,7 @@ from absl import logging
 from keras_llmopt._src.core import keras_compat, layer_state, layer_tree, model_copy, targeting
 from keras_llmopt._src.core import saving as core_saving
 from keras_llmopt._src.core import strip as core_strip
+from keras_llmopt._src.quantization import attention_prep
 from keras_llmopt._src.quantization import configs as configs_lib
 from keras_llmopt._src.quantization import schemes as schemes_lib
 from keras_llmopt._src.quantization import state as state_lib
@@ -203,7 +204,7 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
     targets = targeting.as_patterns(targets, "targets")
     walked = list(layer_tree.walk_layers(work))
     nodes = [node for node in walked if node.path in annotations]
-    symmetric = configs_lib.attention_value_operands(node.layer for node in walked)
+    symmetric = attention_prep.attention_value_operands(node.layer for node in walked)
     chosen, skipped, used_targets = [], {}, set()
     for node in nodes:
         annotation = annotations[node.path]
@@ -246,7 +247,7 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
         chosen.append((node, config, annotation.config is None))
     paths = [n.path for n in nodes if _own_weights(n.layer)]
     targeting.check_targets_used(targets, used_targets, work.name, paths)
-    configs_lib.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
+    attention_prep.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
     quantized = []
     for node, config, _ in chosen:
         state = state_lib.install(node.layer, config, node.path, preserve_sparsity)

@@ -169,10 +169,7 @@ class QuantizeState(layer_state.LayerState):
             return value  # quantized in compute(), from this value
         for qw in self.weights_q:
             if qw.storage_attr == attr:
-                out = qw.value(training, value)
-                if qw.dense_view is not None:
-                    out = ops.reshape(out, tuple(qw.variable.shape))
-                return out
+                return qw.value(training, value)
         return value
 
     def attribute_overrides(self, layer, training):
