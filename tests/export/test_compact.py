@@ -254,16 +254,18 @@ def test_compacted_file_passes_the_verifier_from_a_path(converted, tmp_path):
         assert np.array_equal(expected[name], actual[name])
 
 
-def test_strip_names_empties_only_internal_names(converted):
+def test_shorten_names_renames_only_internal_names_and_keeps_them_unique(converted):
     content = converted("dense", "int8")
     compacted, stats = compact_tflite(content)
     before, after = _model(content), _model(compacted)
     subgraph_b, subgraph_a = before.subgraphs[0], after.subgraphs[0]
     exposed = set(subgraph_b.inputs.tolist()) | set(subgraph_b.outputs.tolist())
-    internal = [i for i, t in enumerate(subgraph_b.tensors) if i not in exposed and t.name]
-    assert stats["names_stripped"] == len(internal) > 0
+    internal = [i for i in range(len(subgraph_b.tensors)) if i not in exposed]
+    assert stats["names_shortened"] == len(internal) > 0
     for i, (t_b, t_a) in enumerate(zip(subgraph_b.tensors, subgraph_a.tensors)):
-        assert t_a.name == (t_b.name if i in exposed else b"")
+        assert t_a.name == (t_b.name if i in exposed else f"t{i}".encode())
+    names = [t.name for t in subgraph_a.tensors]
+    assert all(names) and len(set(names)) == len(names)
     signature_b, signature_a = before.signatureDefs[0], after.signatureDefs[0]
     assert signature_a.signatureKey == signature_b.signatureKey
     assert [(m.name, m.tensorIndex) for m in signature_a.inputs + signature_a.outputs] == [
@@ -271,16 +273,33 @@ def test_strip_names_empties_only_internal_names(converted):
     ]
 
 
-def test_strip_names_false_keeps_every_name(converted):
+def test_short_names_never_collide_with_an_exposed_name(converted):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = _model(converted("dense", "float32"))
+    subgraph = model.subgraphs[0]
+    exposed = int(subgraph.inputs[0])
+    internal = next(i for i in range(len(subgraph.tensors)) if i not in subgraph.inputs)
+    subgraph.tensors[exposed].name = f"t{internal}".encode()  # the short name it would get
+    content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    compacted, stats = compact_tflite(content)
+    assert stats["reason"] is None
+    names = [t.name for t in _model(compacted).subgraphs[0].tensors]
+    assert names[exposed] == f"t{internal}".encode()
+    assert names[internal] == f"t{internal}_".encode()
+    assert all(names) and len(set(names)) == len(names)
+
+
+def test_shorten_names_false_keeps_every_name(converted):
     content = converted("einsum", "int8")
-    compacted, stats = compact_tflite(content, strip_names=False)
-    assert stats["reason"] is None and stats["names_stripped"] == 0
+    compacted, stats = compact_tflite(content, shorten_names=False)
+    assert stats["reason"] is None and stats["names_shortened"] == 0
     assert len(compacted) < len(content)
     names = [t.name for t in _model(content).subgraphs[0].tensors]
     assert [t.name for t in _model(compacted).subgraphs[0].tensors] == names
     assert all(names)
-    stripped, _ = compact_tflite(content)
-    assert len(stripped) < len(compacted)
+    shortened, _ = compact_tflite(content)
+    assert len(shortened) < len(compacted)
     _assert_same_outputs(
         _interpreter(model_content=content), _interpreter(model_content=compacted), trials=1
     )
@@ -318,7 +337,7 @@ def test_buffers_stored_after_the_flatbuffer_are_left_alone():
     assert compacted == content
     assert "offset" in stats["reason"]
     assert stats["bytes_after"] == stats["bytes_before"] == len(content)
-    assert stats["shared_vectors"] == stats["names_stripped"] == 0
+    assert stats["shared_vectors"] == stats["names_shortened"] == 0
 
 
 def test_appended_files_are_left_alone(converted):

@@ -87,3 +87,45 @@ def test_fixed_length_model_rejects_other_sequence_length(tmp_path):
     with pytest.raises(ValueError, match="fixed length 8. Received: sequence_length=16"):
         export.to_tflite(model, tmp_path / "m.tflite", sequence_length=16)
     assert export.to_tflite(model, tmp_path / "m.tflite").summary["inputs"][0][2] == (1, 8)
+
+
+class _Subclassed:
+    """A subclassed token model (built lazily, so tests can leave it unbuilt)."""
+
+    @staticmethod
+    def make(name="subclassed"):
+        import keras
+
+        class TokenModel(keras.Model):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.embedding = keras.layers.Embedding(256, 16)
+                self.head = keras.layers.Dense(256)
+
+            def call(self, tokens):
+                return self.head(self.embedding(tokens))
+
+        return TokenModel(name=name)
+
+
+@pytest.mark.parametrize("kind", ["subclassed", "sequential"])
+@pytest.mark.parametrize(
+    "exporter, target",
+    [(export.to_tflite, "m.tflite"), (export.to_onnx, "m.onnx"), (export.to_saved_model, "sm")],
+)
+def test_unbuilt_model_is_refused_before_any_work(tmp_path, kind, exporter, target):
+    import keras
+
+    if kind == "subclassed":
+        model = _Subclassed.make("never_called")
+    else:
+        model = keras.Sequential(
+            [keras.layers.Embedding(256, 16), keras.layers.Dense(256)], name="never_called"
+        )
+    message = r"model 'never_called' is not built.*call it once.*Received: .*model.built=False"
+    with pytest.raises(ValueError, match=message):
+        exporter(model, tmp_path / target, sequence_length=8)
+    assert not model.built and model.weights == []  # the refusal did not build it
+    assert os.listdir(tmp_path) == []
+    model(np.zeros((1, 8), np.int32))  # once built, the same call exports
+    assert exporter(model, tmp_path / target, sequence_length=8).verification.passed

@@ -31,12 +31,37 @@ def check_bool(name, value):
 
 
 def check_model(model, what):
-    """Raises ``TypeError`` unless ``model`` is a Keras model; checks the backend."""
+    """Checks that ``model`` is a built Keras model and that Keras runs on TensorFlow.
+
+    A model that was never built (a subclassed or Sequential model never called, with
+    no ``keras.Input``) has no weights yet: tracing it would create fresh random ones
+    and export them, so it is refused before any work.
+
+    Raises:
+        TypeError: ``model`` is not a ``keras.Model``.
+        ValueError: ``model`` is not built.
+        RuntimeError: Keras does not run on TensorFlow.
+
+    Example:
+        >>> import keras
+        >>> check_model(keras.Sequential([keras.layers.Dense(2)]), "to_tflite")
+        Traceback (most recent call last):
+        ...
+        ValueError: to_tflite: model 'sequential...' is not built: ...
+    """
     import keras
 
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"{what} expects a keras.Model. Received: model of type {type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"{what}: model {model.name!r} is not built: its weights do not exist yet, so "
+            "an export would trace it with fresh random weights. Build it first (call it "
+            "once on a batch of inputs, e.g. model(token_ids), or start a Sequential model "
+            "with keras.Input), then train or load its weights. Received: a "
+            f"{type(model).__name__} with model.built=False"
         )
     signature.require_tensorflow(what)
 

@@ -5,11 +5,12 @@ per-channel quantized tensor (weights, int32 biases) carries an int64 ``zero_poi
 vector (all zeros for symmetric weights) and a float32 ``scale`` vector, and every
 tensor keeps the long name of the TensorFlow op it came from. A flatbuffer lets several
 tables point at one vector, so :func:`compact_tflite` rewrites the model with each
-distinct numeric vector stored once, and (optionally) with empty names on the tensors
-that no input, output or signature exposes. Nothing the interpreter computes changes:
-weights, quantization parameters, shapes, ops, options, metadata and signatures are
-kept as they are, and the rewritten model is read back and compared with the original
-before it is returned.
+distinct numeric vector stored once, and (optionally) short unique names (``t<index>``)
+on the tensors no input, output or signature exposes (tools that find tensors by name,
+AI Edge Quantizer and model explorers, need every name unique and non-empty). Nothing
+the interpreter computes changes: weights, quantization parameters, shapes, ops,
+options, metadata and signatures are kept, and the rewrite is read back and compared
+with the original before it is returned.
 """
 
 import collections
@@ -50,39 +51,38 @@ _BUFFER_FIELDS = frozenset({"data", "offset", "size"})
 _PARSE_ERRORS = (struct.error, IndexError, ValueError, TypeError, UnicodeDecodeError)
 
 
-def compact_tflite(content, strip_names=True):
+def compact_tflite(content, shorten_names=True):
     """Rewrites a ``.tflite`` flatbuffer smaller without changing what it computes.
 
     Every distinct numeric vector of the tensor tables (quantization ``zero_point``,
     ``scale``, ``min``, ``max``; ``shape`` and ``shape_signature``) is written once and
     shared by all the fields that hold it: the all-zero ``zero_point`` vectors of
-    per-channel weights and biases shrink to one per length. With ``strip_names``, the
-    tensors that no subgraph input/output or SignatureDef exposes get an empty name
-    (one shared string); the exposed names, SignatureDef keys and tensor maps, operator
-    codes, options, metadata entries and weights are kept byte for byte. Buffer data
-    is aligned to 16 bytes.
+    per-channel weights and biases shrink to one per length. With ``shorten_names``,
+    the tensors that no subgraph input/output or SignatureDef exposes are renamed
+    ``t<index>`` (unique within their subgraph, never empty); the exposed names,
+    SignatureDef keys and tensor maps, operator codes, options, metadata entries and
+    weights are kept byte for byte. Buffer data is aligned to 16 bytes.
 
     The rewritten flatbuffer is parsed again and compared field by field with the
-    original (tensor names aside) before it is returned. A valid model this pass
-    cannot rewrite faithfully comes back unchanged, with the reason in
-    ``stats["reason"]``: buffers or custom options stored after the flatbuffer
-    (``offset``/``size``, models over 2 GB) or in external files, files with data
-    appended (TFLite Support's associated-file zip), fields or union members this
-    TensorFlow's schema does not know, or a rewrite that is not smaller.
+    renamed model before it is returned. A valid model this pass cannot rewrite
+    faithfully comes back unchanged, with the reason in ``stats["reason"]``: buffers
+    or custom options stored after the flatbuffer (``offset``/``size``, models over
+    2 GB) or in external files, files with data appended (TFLite Support's
+    associated-file zip), fields or union members this TensorFlow's schema does not
+    know, or a rewrite that is not smaller.
 
     Args:
         content: The ``.tflite`` file's bytes (``bytes``, ``bytearray`` or
             ``memoryview``).
-        strip_names: Replace the names of internal tensors with empty strings. The
-            names are for debugging only (``get_tensor_details``); the interpreter
-            finds inputs, outputs and signatures without them.
+        shorten_names: Replace the (long, op-path) names of internal tensors with
+            short unique ones; ``False`` keeps every name as the converter wrote it.
 
     Returns:
         ``(compacted, stats)``: the new file's bytes (the input's bytes when it is left
         unchanged) and ``{"bytes_before", "bytes_after", "shared_vectors",
-        "names_stripped", "reason"}``, where ``shared_vectors`` counts the table fields
-        that point at a vector another field also points at, ``names_stripped`` the
-        tensor names emptied, and ``reason`` is ``None`` when the model was compacted.
+        "names_shortened", "reason"}``, where ``shared_vectors`` counts the table
+        fields that point at a vector another field also points at, ``names_shortened``
+        the tensors renamed, and ``reason`` is ``None`` when the model was compacted.
 
     Raises:
         TypeError: If ``content`` is not bytes-like.
@@ -103,19 +103,14 @@ def compact_tflite(content, strip_names=True):
         >>> compacted, stats = compact_tflite(content)
         >>> stats["reason"] is None, len(compacted) < len(content)
         (True, True)
-        >>> stats["bytes_after"] == len(compacted), stats["names_stripped"] > 0
+        >>> stats["bytes_after"] == len(compacted), stats["names_shortened"] > 0
         (True, True)
     """
     data = _as_bytes(content)
     from tensorflow.lite.python import schema_py_generated as schema
 
-    stats = {
-        "bytes_before": len(data),
-        "bytes_after": len(data),
-        "shared_vectors": 0,
-        "names_stripped": 0,
-        "reason": None,
-    }
+    stats = dict(bytes_before=len(data), bytes_after=len(data), shared_vectors=0)
+    stats.update(names_shortened=0, reason=None)
     try:
         root = schema.Model.GetRootAs(data, 0)
         reason = _unsupported(schema, root, data)
@@ -131,7 +126,7 @@ def compact_tflite(content, strip_names=True):
         stats["reason"] = reason
         return data, stats
 
-    names_stripped = _strip_tensor_names(model) if strip_names else 0
+    names_shortened = _shorten_tensor_names(model) if shorten_names else 0
     compacted, shared = _pack(schema, model, size_hint=len(data))
     reason = _round_trip_difference(schema, compacted, model)
     if reason is None and len(compacted) >= len(data):
@@ -139,7 +134,7 @@ def compact_tflite(content, strip_names=True):
     if reason is not None:
         stats["reason"] = reason
         return data, stats
-    stats.update(bytes_after=len(compacted), shared_vectors=shared, names_stripped=names_stripped)
+    stats.update(bytes_after=len(compacted), shared_vectors=shared, names_shortened=names_shortened)
     return compacted, stats
 
 
@@ -162,8 +157,7 @@ def _as_bytes(content):
 
 
 def _describe(data):
-    head = data[:16]
-    return f"{len(data)} bytes starting {head!r}"
+    return f"{len(data)} bytes starting {data[:16]!r}"
 
 
 def _unsupported(schema, root, data):
@@ -197,10 +191,7 @@ def _unsupported_model(model):
     """Why the unpacked model cannot be rewritten faithfully, or ``None``."""
     for buffer in model.buffers or ():
         if buffer.offset or buffer.size:
-            return (
-                "buffers are stored after the flatbuffer (Buffer.offset/size, used for "
-                "models over 2 GB)"
-            )
+            return "buffers are stored after the flatbuffer (Buffer.offset/size, > 2 GB)"
     if model.externalBuffers or model.externalBufferGroups:
         return "the model refers to external buffers"
     for subgraph in model.subgraphs or ():
@@ -298,8 +289,12 @@ def _unknown_fields(schema, root):
     return found
 
 
-def _strip_tensor_names(model):
-    """Empties the names of tensors no input, output or signature exposes; returns how many."""
+def _shorten_tensor_names(model):
+    """Names each tensor no input, output or signature exposes ``t<index>``; returns how many.
+
+    Exposed and variable tensors keep their names; a short name that one of them already
+    uses gets ``_`` appended until it is unique in its subgraph.
+    """
     exposed = collections.defaultdict(set)
     for index, subgraph in enumerate(model.subgraphs or ()):
         for indices in (subgraph.inputs, subgraph.outputs):
@@ -308,14 +303,21 @@ def _strip_tensor_names(model):
     for signature in model.signatureDefs or ():
         for tensor_map in list(signature.inputs or ()) + list(signature.outputs or ()):
             exposed[signature.subgraphIndex].add(int(tensor_map.tensorIndex))
-    stripped = 0
+    renamed = 0
     for index, subgraph in enumerate(model.subgraphs or ()):
-        for position, tensor in enumerate(subgraph.tensors or ()):
-            if position in exposed[index] or tensor.isVariable or not tensor.name:
+        tensors = list(subgraph.tensors or ())
+        kept = {p for p, t in enumerate(tensors) if p in exposed[index] or t.isVariable}
+        used = {tensors[p].name for p in kept}
+        for position, tensor in enumerate(tensors):
+            if position in kept:
                 continue
-            tensor.name = b""
-            stripped += 1
-    return stripped
+            name = f"t{position}".encode()
+            while name in used:
+                name += b"_"
+            used.add(name)
+            tensor.name = name
+            renamed += 1
+    return renamed
 
 
 class _SharedVectors:

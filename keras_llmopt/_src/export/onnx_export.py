@@ -72,7 +72,7 @@ def to_onnx(
     import tf2onnx
 
     inputs = describe_inputs(model, sequence_length, batch_size)
-    function = signature.serving_function(model, inputs)
+    function = frozen_serving_function(model, inputs)
     logging.info("to_onnx: converting %s with tf2onnx (opset %d)", model.name, opset)
     tf2onnx_logger = std_logging.getLogger("tf2onnx")
     level = tf2onnx_logger.level
@@ -86,6 +86,7 @@ def to_onnx(
     notes = []
     rewritten = replace_erfc(proto)
     _check(proto)
+    check_graph_inputs(proto, inputs.names)
     if rewritten:
         notes.append(f"rewrote {rewritten} Erfc nodes as 1 - Erf (exact GELU)")
     verify_inputs = inputs
@@ -116,6 +117,57 @@ def to_onnx(
     )
     logging.info("to_onnx: wrote %s (%d bytes)", path, result.size_bytes)
     return result
+
+
+def frozen_serving_function(model, inputs):
+    """The serving ``tf.function`` with every captured value frozen into the graph.
+
+    tf2onnx turns each tensor a function captures (a model's constant, e.g. position
+    ids built with ``keras.ops.arange(T)`` in a functional model) into an extra graph
+    input; freezing first makes weights and constants initializers, so the graph's
+    inputs are exactly the model's.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> model = reference.build_gpt("tiny")
+        >>> serve = frozen_serving_function(model, describe_inputs(model, 8, 1))
+        >>> serve.get_concrete_function().captured_inputs
+        []
+    """
+    import tensorflow as tf
+
+    serving = signature.serving_function(model, inputs)
+    frozen = signature.frozen_function(serving)
+
+    def serve(*flat):
+        outputs = tf.nest.flatten(frozen(*flat))
+        return {signature.OUTPUT_NAME: outputs[0]}
+
+    return tf.function(serve, input_signature=serving.input_signature, autograph=False)
+
+
+def check_graph_inputs(proto, names):
+    """Raises ``RuntimeError`` unless the ONNX graph's inputs are exactly ``names``.
+
+    Example:
+        >>> from onnx import TensorProto, helper
+        >>> x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+        >>> c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])
+        >>> graph = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "g", [x, c],
+        ...                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+        >>> check_graph_inputs(helper.make_model(graph), ("x",))
+        Traceback (most recent call last):
+        ...
+        RuntimeError: to_onnx: the ONNX graph's inputs are ['x', 'c'], not the model's ...
+    """
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    found = [value.name for value in proto.graph.input if value.name not in initializers]
+    if sorted(found) != sorted(names):
+        raise RuntimeError(
+            f"to_onnx: the ONNX graph's inputs are {found}, not the model's inputs "
+            f"{list(names)} (tf2onnx made a constant or state of the model a graph input); "
+            "nothing was written"
+        )
 
 
 def replace_erfc(proto):
