@@ -175,3 +175,55 @@ def test_kerashub_llama_has_no_maximum_and_needs_sequence_length():
 
 def test_docstring_examples_run(run_docstring_examples):
     run_docstring_examples("keras_llmopt._src.core.model_inputs")
+
+
+class _UnnamedPositions(keras.Model):
+    """Learned positions in an ``Embedding`` no name gives away, ``offset + arange(T)``."""
+
+    def __init__(self, positions=24, offset=0, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = offset
+        self.tokens = keras.layers.Embedding(40, 8)
+        self.wpe = keras.layers.Embedding(positions, 8)
+        self.head = keras.layers.Dense(40)
+
+    def call(self, tokens):
+        positions = keras.ops.arange(keras.ops.shape(tokens)[1]) + self.offset
+        return self.head(self.tokens(tokens) + self.wpe(positions))
+
+
+@pytest.mark.parametrize("offset", [0, 2])
+def test_unnamed_position_embedding_is_found_by_a_probe(offset):
+    model = _UnnamedPositions(positions=24, offset=offset, name="unnamed")
+    model(np.zeros((1, 4), "int32"))
+    before = [np.array(w) for w in model.get_weights()]
+    described = describe_inputs(model, batch_size=1)
+    assert described.max_sequence_length == 24 - offset
+    assert described.max_source == f"position embedding {model.wpe.name!r}"
+    assert described.specs[0].shape == (1, 24 - offset)
+    message = rf"Received: sequence_length=30; accepted: at most {24 - offset} \(the model's"
+    with pytest.raises(ValueError, match=message):
+        describe_inputs(model, sequence_length=30)
+    assert describe_inputs(model, sequence_length=24 - offset).sequence_length == 24 - offset
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+class _TwoTokenTables(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Embedding(40, 8)
+        self.second = keras.layers.Embedding(30, 8)
+
+    def call(self, tokens):
+        return self.first(tokens) + self.second(tokens)
+
+
+def test_probe_does_not_take_a_token_table_for_positions_nor_build_a_model():
+    model = _TwoTokenTables()
+    model(np.zeros((1, 4), "int32"))
+    described = describe_inputs(model)
+    assert described.max_sequence_length is None and described.has_dynamic_length
+    unbuilt = _UnnamedPositions(name="unbuilt")
+    assert describe_inputs(unbuilt).max_sequence_length is None
+    assert not unbuilt.built and unbuilt.weights == []

@@ -129,3 +129,56 @@ def test_unbuilt_model_is_refused_before_any_work(tmp_path, kind, exporter, targ
     assert os.listdir(tmp_path) == []
     model(np.zeros((1, 8), np.int32))  # once built, the same call exports
     assert exporter(model, tmp_path / target, sequence_length=8).verification.passed
+
+
+def _unnamed_positions_model():
+    """A built subclassed GPT-like model whose position table has no telling name."""
+    import keras
+
+    class Positions(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.tokens = keras.layers.Embedding(256, 16)
+            self.wpe = keras.layers.Embedding(32, 16)
+            self.head = keras.layers.Dense(256)
+
+        def call(self, tokens):
+            positions = keras.ops.arange(keras.ops.shape(tokens)[1])
+            return self.head(self.tokens(tokens) + self.wpe(positions))
+
+    model = Positions(name="unnamed_positions")
+    model(np.zeros((1, 4), np.int32))
+    return model
+
+
+@pytest.mark.parametrize("which", ["reference", "kerashub_gpt2", "unnamed_positions"])
+@pytest.mark.parametrize(
+    "exporter, target",
+    [(export.to_tflite, "m.tflite"), (export.to_onnx, "m.onnx"), (export.to_saved_model, "sm")],
+)
+def test_sequence_length_past_the_maximum_is_refused_before_conversion(
+    tmp_path, monkeypatch, tiny_gpt2_lm, which, exporter, target
+):
+    from keras_llmopt._src.export import converter, signature
+
+    if which == "reference":
+        from keras_llmopt import reference
+
+        model, limit = reference.build_gpt("tiny"), 64
+    elif which == "kerashub_gpt2":
+        model, limit = tiny_gpt2_lm().backbone, 32
+    else:
+        model, limit = _unnamed_positions_model(), 32
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("the model was traced")
+
+    monkeypatch.setattr(converter, "trace", no_tracing)
+    monkeypatch.setattr(signature, "serving_function", no_tracing)
+    message = (
+        rf"longer than model '{model.name}' accepts. Received: sequence_length={2 * limit}; "
+        rf"accepted: at most {limit} \(the model's "
+    )
+    with pytest.raises(ValueError, match=message):
+        exporter(model, tmp_path / target, sequence_length=2 * limit)
+    assert os.listdir(tmp_path) == []

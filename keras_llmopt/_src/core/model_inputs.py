@@ -4,16 +4,22 @@ One description serves export (the traced signature), calibration, the pipeline 
 CLI. It reads the model's declared inputs (functional and Sequential models, KerasHub
 backbones and CausalLMs) or, for a subclassed model that declares none, takes one int32
 ``tokens`` input. The longest sequence the model accepts comes from a fixed input
-length, a ``max_sequence_length`` attribute (KerasHub backbones that have one), or a
-layer named ``position_embedding`` (a Keras ``Embedding``'s ``input_dim``, a KerasHub
-``PositionEmbedding``'s ``sequence_length``). Pure Python: no TensorFlow, so it works on
-every backend.
+length, a layer named ``position_embedding`` (a Keras ``Embedding``'s ``input_dim``, a
+KerasHub ``PositionEmbedding``'s ``sequence_length``), a ``max_sequence_length``
+attribute (KerasHub backbones that have one), or, for a built model with several
+``Embedding`` layers and none of these, a probe: the model runs on two short inputs,
+and an ``Embedding`` fed ``offset + arange(T)`` whatever the tokens is a position
+table whose ``input_dim`` bounds the length. Pure Python (``keras.ops``): no TensorFlow,
+so it works on every backend.
 """
 
 import dataclasses
+import weakref
 
 import keras
+import numpy as np
 
+from keras_llmopt._src.core.hooks import capture_inputs
 from keras_llmopt._src.core.layer_tree import walk_layers
 
 TOKENS = "tokens"
@@ -339,7 +345,77 @@ def _maximum_length(model, specs):
         length = getattr(owner, "max_sequence_length", None)
         if isinstance(length, int) and not isinstance(length, bool) and length > 0:
             return length, "max_sequence_length attribute"
-    return None, None
+    return _probed_position_limit(model, specs)
+
+
+# model -> (length, source) found by the probe (a model's layers do not change).
+_PROBED = weakref.WeakKeyDictionary()
+_PROBE_LENGTHS = (3, 4)
+
+
+def _probed_position_limit(model, specs):
+    """``(length, source)`` from an ``Embedding`` fed positions, found by running the model.
+
+    Only a built model with two or more ``Embedding`` layers is probed (running it does
+    not change it); the result is kept per model. A model the probe cannot run on its
+    sample inputs has no maximum, as before.
+    """
+    embeddings = {
+        node.path: node.layer
+        for node in walk_layers(model)
+        if isinstance(node.layer, keras.layers.Embedding)
+    }
+    if not model.built or len(embeddings) < 2:
+        return None, None
+    try:
+        return _PROBED[model]
+    except (KeyError, TypeError):
+        pass
+    found = (None, None)
+    try:
+        offsets = [_position_offsets(model, specs, embeddings, n) for n in _PROBE_LENGTHS]
+        limits = [
+            (embeddings[path].input_dim - offset, path)
+            for path, offset in offsets[0].items()
+            if offsets[1].get(path) == offset and embeddings[path].input_dim > offset
+        ]
+        if limits:
+            length, path = min(limits)
+            found = (int(length), f"position embedding {path!r}")
+    except Exception:  # a model the probe cannot run keeps "no declared maximum"
+        found = (None, None)
+    try:
+        _PROBED[model] = found
+    except TypeError:
+        pass
+    return found
+
+
+def _position_offsets(model, specs, embeddings, length):
+    """``{path: offset}`` of the embeddings called with ``offset + arange(length)``."""
+    smallest = min(layer.input_dim for layer in embeddings.values())
+    token = 1 if smallest > 1 else 0  # the same id everywhere: token lookups are flat
+    values = []
+    for spec in specs:
+        shape = [1] + [length if axis == 1 else (d or 1) for axis, d in enumerate(spec.shape)][1:]
+        fill = token if spec.is_tokens else (1 if spec.is_mask else 0)
+        values.append(keras.ops.full(shape, fill, dtype=spec.dtype))
+    if isinstance(_model_input(model), dict):
+        feeds = dict(zip((spec.name for spec in specs), values))
+    else:
+        feeds = values[0] if len(values) == 1 else values
+    with capture_inputs(embeddings) as captured:
+        model(feeds, training=False)
+    offsets = {}
+    for path, record in captured.items():
+        calls = [np.asarray(keras.ops.convert_to_numpy(x)) for x in record.first_inputs]
+        if not calls or any(c.shape[-1:] != (length,) for c in calls):
+            continue
+        rows = np.concatenate([c.reshape(-1, length) for c in calls])
+        offset = int(rows[0, 0])
+        if np.array_equal(rows, np.broadcast_to(offset + np.arange(length), rows.shape)):
+            offsets[path] = offset
+    return offsets
 
 
 def _vocabulary_size(model):
