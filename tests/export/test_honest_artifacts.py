@@ -92,3 +92,90 @@ def test_benchmark_aeq_variant_builds_from_our_fp32_file(tiny_corpus, tmp_path):
         "aeq_dynamic_int8.tflite",
         "tflite_fp32.tflite",
     ]
+
+
+@pytest.fixture(scope="module")
+def pruned_tiny():
+    """The tiny reference GPT, 50%-pruned (one training-mode call) and stripped."""
+    import keras
+
+    from keras_llmopt import reference, sparsity
+
+    keras.utils.set_random_seed(0)
+    model = reference.build_gpt("tiny")
+    pruned = sparsity.prune_low_magnitude(model, sparsity.ConstantSparsity(0.5, 0, frequency=1))
+    pruned(np.zeros((1, 64), np.int32), training=True)  # step 0: the masks are applied
+    assert sparsity.sparsity_report(pruned).pruned_sparsity == pytest.approx(0.5, abs=0.01)
+    stripped = sparsity.strip_pruning(pruned)
+    by_path = {w.path: w for w in sparsity.sparsity_report(stripped).weights}
+    assert by_path["block_0_mlp_up/kernel"].sparsity == pytest.approx(0.5, abs=0.01)
+    return model, stripped
+
+
+def _notes_with(report, text):
+    return [note for note in report.notes if text in note]
+
+
+def test_dense_file_of_a_pruned_model_advises_how_to_shrink_it(pruned_tiny, tmp_path):
+    unpruned, pruned = pruned_tiny
+    report = export.to_tflite(pruned, tmp_path / "p.tflite", quantization="dynamic_int8")
+    (advice,) = _notes_with(report, "of the matmul weights are zeros")
+    assert 30 <= int(advice.split("%")[0]) <= 60
+    assert "structural pruning" in advice and "sparse=True" in advice
+    plain = export.to_tflite(unpruned, tmp_path / "u.tflite", quantization="dynamic_int8")
+    assert not _notes_with(plain, "zeros")
+    assert abs(report.size_bytes - plain.size_bytes) < 0.1 * plain.size_bytes  # zeros cost
+
+
+def test_sparse_true_keeps_dense_int8_when_sparse_is_larger_and_loses_xnnpack(
+    pruned_tiny, tmp_path
+):
+    _, pruned = pruned_tiny
+    kwargs = {"quantization": "dynamic_int8"}
+    dense = export.to_tflite(pruned, tmp_path / "d.tflite", **kwargs)
+    chosen = export.to_tflite(pruned, tmp_path / "s.tflite", sparse=True, **kwargs)
+    (note,) = _notes_with(chosen, "sparse=True:")
+    assert "kept the dense encoding" in note and "not smaller" in note
+    assert "XNNPACK delegate refuses it" in note
+    assert chosen.summary["xnnpack"] and chosen.summary["sparse_tensors"] == 0
+    assert (tmp_path / "s.tflite").read_bytes() == (tmp_path / "d.tflite").read_bytes()
+    assert chosen.verification.passed and dense.size_bytes == chosen.size_bytes
+
+
+def test_sparse_true_keeps_a_smaller_sparse_float_file_and_says_so(pruned_tiny, tmp_path):
+    _, pruned = pruned_tiny
+    dense = export.to_tflite(pruned, tmp_path / "d.tflite")
+    chosen = export.to_tflite(pruned, tmp_path / "s.tflite", sparse=True)
+    (note,) = _notes_with(chosen, "sparse=True:")
+    assert "kept the sparse encoding" in note
+    assert chosen.summary["sparse_tensors"] > 0
+    assert chosen.size_bytes < 0.9 * dense.size_bytes and chosen.verification.passed
+
+
+def test_sparse_advice_docstring_examples(run_docstring_examples):
+    run_docstring_examples("keras_llmopt._src.export.sparse_advice")
+
+
+@pytest.mark.parametrize(
+    "sparse_size, sparse_refused, dense_refused, kept, says",
+    [
+        (90, False, False, "sparse", ["kept the sparse encoding (10% smaller"]),
+        (90, True, False, "sparse", ["XNNPACK refuses it", "pass sparse=False if speed"]),
+        (90, True, True, "sparse", ["kept the sparse encoding"]),
+        (100, False, False, "dense", ["not smaller", "kept the dense encoding"]),
+        (120, True, False, "dense", ["(120 B) is not smaller", "XNNPACK delegate refuses"]),
+    ],
+)
+def test_choose_encoding_keeps_the_smaller_and_says_why(
+    monkeypatch, sparse_size, sparse_refused, dense_refused, kept, says
+):
+    from keras_llmopt._src.export import runtime, sparse_advice
+
+    sparse, dense = b"s" * sparse_size, b"d" * 100
+    refused = {sparse: sparse_refused, dense: dense_refused}
+    monkeypatch.setattr(runtime, "xnnpack_error", lambda c: "delegate" if refused[c] else None)
+    content, note = sparse_advice.choose_encoding(sparse, dense)
+    assert content == (sparse if kept == "sparse" else dense)
+    for text in says:
+        assert text in note
+    assert ("XNNPACK" in note) == (sparse_refused and (kept == "dense" or not dense_refused))

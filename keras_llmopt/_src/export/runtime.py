@@ -178,6 +178,27 @@ def _pad(value, batch, length, detail):
     return value
 
 
+def xnnpack_error(content):
+    """Why LiteRT's XNNPACK delegate refuses a ``.tflite`` (given as bytes), or ``None``.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> f = tf.function(lambda x: x * 2.0, input_signature=[tf.TensorSpec((2,), tf.float32)])
+        >>> xnnpack_error(tf.lite.TFLiteConverter.from_concrete_functions(
+        ...     [f.get_concrete_function()], f).convert()) is None
+        True
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_content=bytes(content)).allocate_tensors()
+    except RuntimeError as error:
+        if "delegate" not in str(error).lower():
+            raise
+        return str(error)
+    return None
+
+
 class TFLiteRunner(Runner):
     """Runs a ``.tflite`` file with LiteRT (``ai_edge_litert``), XNNPACK on.
 

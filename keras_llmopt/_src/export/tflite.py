@@ -13,6 +13,7 @@ from keras_llmopt._src.export import (
     report,
     runtime,
     signature_def,
+    sparse_advice,
     tflite_modes,
 )
 from keras_llmopt._src.export.tflite_modes import QUANTIZATION_MODES  # noqa: F401
@@ -88,7 +89,8 @@ def to_tflite(
             maximum. Required for models with dynamic length and no declared maximum
             (e.g. KerasHub Llama).
         batch_size: Fixed batch size of the artifact.
-        sparse: Store pruned (mostly zero) weights in TFLite's sparse encoding.
+        sparse: Store pruned (mostly zero) weights in TFLite's sparse encoding, if
+            smaller than the dense one (``sparse_advice``; the notes say which and why).
         num_threads: LiteRT threads used to verify.
         verify: Run the artifact and compare with Keras; a mismatch beyond tolerance
             raises ``VerificationError`` (a ``ValueError``) that says by how much.
@@ -102,7 +104,7 @@ def to_tflite(
         compact_file: Rewrite the converter's flatbuffer losslessly smaller
             (``compact.compact_tflite``): identical quantization and shape vectors
             stored once (per-channel weights' int64 zero points are all zero) and
-            internal tensor names dropped; inputs, outputs and signatures keep their
+            internal tensor names shortened; inputs, outputs and signatures keep their
             names and the outputs are bit-identical. ``summary["compaction"]`` says
             what it saved. Pass ``False`` to keep the names for debugging.
 
@@ -248,7 +250,7 @@ def build_flatbuffer(traced, mode, sparse, data, block_size, compact_file, notes
     if traced.is_qat:
         notes.append("quantization ranges learned by QAT (fake-quant ops) are used")
     logging.info("%s: converting (quantization=%s, sparse=%s)", what, mode.name, sparse)
-    content = converter.convert(traced, mode, sparse=sparse, representative_dataset=data, what=what)
+    content = sparse_advice.convert(traced, mode, sparse, data, what, notes)
     if mode.int4_weights:
         content = int4.quantize_weights_int4(content, block_size)
         granularity = "per output channel" if block_size is None else f"blocks of {block_size}"
