@@ -182,3 +182,12 @@ def test_sequence_length_past_the_maximum_is_refused_before_conversion(
     with pytest.raises(ValueError, match=message):
         exporter(model, tmp_path / target, sequence_length=2 * limit)
     assert os.listdir(tmp_path) == []
+
+
+def test_artifacts_get_the_permissions_of_a_file_written_in_place(fresh_tiny, tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    report = export.to_tflite(fresh_tiny, tmp_path / "m.tflite", sequence_length=8)
+    assert os.stat(report.path).st_mode & 0o777 == 0o666 & ~umask
+    folder = export.to_saved_model(fresh_tiny, tmp_path / "sm", sequence_length=8)
+    assert os.stat(folder.path).st_mode & 0o777 == 0o777 & ~umask

@@ -60,8 +60,20 @@ def staged_folder(path):
             shutil.rmtree(temp, ignore_errors=True)
 
 
+def _default_permissions(folder):
+    """What ``open``/``mkdir`` would give a new file or folder under the current umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def commit(temp, path):
-    """Moves a finished artifact from ``temp`` to ``path``, replacing what was there."""
+    """Moves a finished artifact from ``temp`` to ``path``, replacing what was there.
+
+    The artifact gets the permissions a file written in place would have (the staged
+    temporary is created private, ``0600``/``0700``).
+    """
+    os.chmod(temp, _default_permissions(os.path.isdir(temp)))
     if os.path.isdir(temp):
         if os.path.isdir(path):
             old = tempfile.mkdtemp(
