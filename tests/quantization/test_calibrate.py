@@ -32,14 +32,19 @@ def test_each_method_sets_ranges_and_histogram_methods_clip_the_outlier(method):
     x = _data_with_outlier()
     q = quantization.quantize_model(_identity_model())
     ranges = quantization.calibrate(q, x, method=method, batch_size=128)
-    assert set(ranges) == {"d:output:0"}
+    # The float model input feeds the Dense directly: it gets a range of its own.
+    assert set(ranges) == {"d:input:0", "d:output:0"}
     lo, hi = _output_range(q)
     assert (lo, hi) == pytest.approx(ranges["d:output:0"])
     # The identity Dense's int8 kernel is exact, so the output is x quantized.
     mse = float(np.mean((keras.ops.convert_to_numpy(q(x)) - x) ** 2))
     if method == "minmax":
-        assert lo == pytest.approx(float(x.min()), rel=1e-3)
-        assert hi == pytest.approx(100.0, rel=1e-3)
+        in_lo, in_hi = ranges["d:input:0"]
+        assert in_lo == pytest.approx(float(x.min()), rel=1e-3)
+        assert in_hi == pytest.approx(100.0, rel=1e-3)
+        # The output sees the quantized input: its range is within one int8 step.
+        step = (in_hi - in_lo) / 255
+        assert abs(lo - in_lo) <= step and abs(hi - in_hi) <= step
         assert mse > 0.01  # the outlier makes the int8 step ~0.4
     elif method == "mse":
         # One outlier costs more clipped than kept, so MSE may keep it, but its

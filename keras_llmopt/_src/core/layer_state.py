@@ -137,6 +137,14 @@ class LayerState(keras.layers.Layer):
         """The value the layer computes with for weight ``attr`` (given the chain so far)."""
         return value
 
+    def transform_inputs(self, layer, args, kwargs, training):
+        """``(args, kwargs)`` the layer is called with (e.g. a fake-quantized input)."""
+        return args, kwargs
+
+    def call_scope(self, layer, training):
+        """A context manager entered around the layer's computation (default: none)."""
+        return contextlib.nullcontext()
+
     def attribute_overrides(self, layer, training):
         """Other attributes swapped in around the original call (e.g. wrapped activations)."""
         return {}
@@ -293,17 +301,22 @@ def _interceptor(layer):
             for attr in state.weight_attrs():
                 current = values[attr] if attr in values else getattr(layer, attr)
                 values[attr] = state.transform_weight(attr, current, training)
+        for state in states:
+            args, kwargs = state.transform_inputs(layer, args, kwargs, training)
         compute = None
         for state in states:
             compute = state.compute(layer, values, training) or compute
-        if compute is not None:
-            outputs = compute(*args, **kwargs)
-        else:
-            overrides = dict(values)
+        with contextlib.ExitStack() as scopes:
             for state in states:
-                overrides.update(state.attribute_overrides(layer, training))
-            with swapped_attributes(layer, overrides):
-                outputs = original(*args, **kwargs)
+                scopes.enter_context(state.call_scope(layer, training))
+            if compute is not None:
+                outputs = compute(*args, **kwargs)
+            else:
+                overrides = dict(values)
+                for state in states:
+                    overrides.update(state.attribute_overrides(layer, training))
+                with swapped_attributes(layer, overrides):
+                    outputs = original(*args, **kwargs)
         for state in states:
             outputs = state.transform_outputs(layer, outputs, kwargs, training)
         return outputs

@@ -9,6 +9,7 @@ from keras_llmopt._src.export import (
     compact,
     converter,
     files,
+    float_ops,
     int4,
     report,
     runtime,
@@ -34,6 +35,7 @@ def to_tflite(
     verification_data=None,
     compact_file=True,
     block_size=None,
+    allow_float_ops=False,
 ):
     """Converts a Keras model to a ``.tflite`` file and proves it against the model.
 
@@ -50,8 +52,11 @@ def to_tflite(
         * ``None``: float32.
         * ``"float16"``: float16 weights, float compute.
         * ``"dynamic_int8"``: int8 weights, activations quantized on the fly.
-        * ``"int8"``: full-integer. From a QAT model (fake-quant ops in the graph) it
-          uses the learned ranges; from a float model it calibrates on
+        * ``"int8"``: full-integer: every FULLY_CONNECTED and BATCH_MATMUL reads int8
+          inputs, or the export is refused (naming each float op and its layer, nothing
+          written) unless ``allow_float_ops=True``. From a QAT model (fake-quant
+          ops in the graph) it uses the learned ranges; from a float model it
+          calibrates on
           ``representative_dataset``. Token inputs stay int32, logits float32. The
           converter's post-training int8 can wreck a transformer: verification
           (top-1 agreement, bits per byte) catches it and raises. The graph is
@@ -107,6 +112,11 @@ def to_tflite(
             internal tensor names shortened; inputs, outputs and signatures keep their
             names and the outputs are bit-identical. ``summary["compaction"]`` says
             what it saved. Pass ``False`` to keep the names for debugging.
+        allow_float_ops: ``"int8"``: accept a file in which some matmuls still read
+            float inputs; they are listed in ``summary["float_matmuls"]`` and the
+            notes. Default: refuse such a file. ``"int16x8"`` lists them without
+            refusing (LiteRT has no int16 GELU: a Dense with a GELU activation computes
+            its matmul in float there).
 
     Returns:
         An ``ExportReport``.
@@ -127,6 +137,7 @@ def to_tflite(
     check_conversion_arguments(mode, representative_dataset, sparse, block_size)
     common.check_bool("verify", verify)
     common.check_bool("compact_file", compact_file)
+    common.check_bool("allow_float_ops", allow_float_ops)
     if tolerance is not None:
         resolve_tolerance(mode.tolerance, tolerance)
 
@@ -164,12 +175,24 @@ def to_tflite(
         data = calibration.representative_generator(
             representative_dataset, inputs.specs, inputs.is_dict, batch_size
         )
+    float_matmuls = []
     content, compaction = build_flatbuffer(
-        traced, mode, sparse, data, block_size, compact_file, notes, "to_tflite"
+        traced,
+        mode,
+        sparse,
+        data,
+        block_size,
+        compact_file,
+        notes,
+        "to_tflite",
+        allow_float_ops=allow_float_ops,
+        float_matmuls=float_matmuls,
     )
 
     def check(temp):
         summary = inspect_staged(temp, compaction, notes)
+        if mode.name in float_ops.REPORTED_MODES:
+            summary["float_matmuls"] = [str(f) for f in float_matmuls]
         verification = None
         if verify:
             verification = common.verify_staged(
@@ -225,8 +248,23 @@ def check_conversion_arguments(mode, representative_dataset, sparse, block_size)
         )
 
 
-def build_flatbuffer(traced, mode, sparse, data, block_size, compact_file, notes, what):
+def build_flatbuffer(
+    traced,
+    mode,
+    sparse,
+    data,
+    block_size,
+    compact_file,
+    notes,
+    what,
+    allow_float_ops=False,
+    float_matmuls=None,
+):
     """Converts traced signatures in ``mode``, then int4 and compaction; appends notes.
+
+    In a full-integer mode the converted ops are checked first
+    (``float_ops.check_integer_matmuls``): a float matmul raises unless
+    ``allow_float_ops``; the ones accepted are appended to ``float_matmuls``.
 
     Returns:
         ``(content, compaction)``: the flatbuffer's bytes and the compaction statistics
@@ -251,6 +289,14 @@ def build_flatbuffer(traced, mode, sparse, data, block_size, compact_file, notes
         notes.append("quantization ranges learned by QAT (fake-quant ops) are used")
     logging.info("%s: converting (quantization=%s, sparse=%s)", what, mode.name, sparse)
     content = sparse_advice.convert(traced, mode, sparse, data, what, notes)
+    found = float_ops.check_integer_matmuls(content, mode.name, allow_float_ops, what)
+    if found:
+        reason = "allow_float_ops=True" if allow_float_ops else "no int16 kernel"
+        notes.append(
+            f"{reason}: {len(found)} matmul op(s) run in float: " + "; ".join(str(f) for f in found)
+        )
+        if float_matmuls is not None:
+            float_matmuls.extend(found)
     if mode.int4_weights:
         content = int4.quantize_weights_int4(content, block_size)
         granularity = "per output channel" if block_size is None else f"blocks of {block_size}"

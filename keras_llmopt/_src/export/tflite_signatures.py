@@ -27,6 +27,7 @@ def to_tflite_signatures(
     tolerance=None,
     compact_file=True,
     block_size=None,
+    allow_float_ops=False,
 ):
     """Converts several named signatures into one ``.tflite`` and proves each of them.
 
@@ -55,6 +56,7 @@ def to_tflite_signatures(
             output.
         compact_file: Rewrite the flatbuffer losslessly smaller (``to_tflite``).
         block_size: ``"int4"`` only: input rows per weight scale.
+        allow_float_ops: Accept float matmuls in a full-integer mode (``to_tflite``).
 
     Returns:
         An ``ExportReport`` whose ``verification`` is a ``SignaturesVerification`` and
@@ -93,6 +95,7 @@ def to_tflite_signatures(
     tflite.check_conversion_arguments(mode, representative_dataset, sparse, block_size)
     common.check_bool("verify", verify)
     common.check_bool("compact_file", compact_file)
+    common.check_bool("allow_float_ops", allow_float_ops)
     if representative_dataset is not None and not callable(representative_dataset):
         raise TypeError(
             "`representative_dataset` must be a callable returning an iterable of "
@@ -110,6 +113,7 @@ def to_tflite_signatures(
             "aware graphs. Received: representative_dataset=None on float graphs"
         )
     notes = []
+    float_matmuls = []
     content, compaction = tflite.build_flatbuffer(
         traced,
         mode,
@@ -119,10 +123,13 @@ def to_tflite_signatures(
         compact_file,
         notes,
         "to_tflite_signatures",
+        allow_float_ops=allow_float_ops,
+        float_matmuls=float_matmuls,
     )
 
     def check(temp):
         summary = tflite.inspect_staged(temp, compaction, notes)
+        summary["float_matmuls"] = [str(f) for f in float_matmuls]
         if not verify:
             return summary, None
         logging.info("to_tflite_signatures: verifying each signature against its reference")

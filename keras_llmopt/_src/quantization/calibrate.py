@@ -15,6 +15,7 @@ from absl import logging
 
 from keras_llmopt._src.core import hooks
 from keras_llmopt._src.quantization import calibration as calibration_lib
+from keras_llmopt._src.quantization import layer_quantizers
 from keras_llmopt._src.quantization import state as state_lib
 
 
@@ -75,6 +76,7 @@ def _observing(named, histograms):
     with contextlib.ExitStack() as stack:
         for _, quantizer in named:
             stack.enter_context(hooks.intercept(quantizer, "observe", recorder(quantizer)))
+        stack.enter_context(layer_quantizers.observing_float_activations())
         yield
 
 

@@ -85,13 +85,73 @@ def _scheme_of(value):
 
 
 class _SchemeConfig(QuantizeConfig):
-    """A built-in config: a scheme plus plain constructor arguments, all serializable."""
+    """A built-in config: a scheme plus plain constructor arguments, all serializable.
+
+    Two placements are planned per model by ``consumer_inputs.plan`` (and saved):
+    ``quantize_input``, an activation range on the layer's first input (its producer
+    leaves it in float: a KerasHub RMSNorm, a SiLU gate product, rotary embeddings,
+    an inline op), and ``inline_ops``, the products the layer's ``call`` computes
+    inline with ``keras.ops`` (``core.inline_ops.InlineOp`` configs), whose operands
+    and results get ranges.
+    """
 
     def __init__(self, scheme):
         self.scheme = _scheme_of(scheme)
+        self.quantize_input = False
+        self.inline_ops = []
 
     def get_config(self):
-        return {"scheme": self.scheme.get_config()}
+        config = {"scheme": self.scheme.get_config()}
+        if self.quantize_input:
+            config["quantize_input"] = True
+        if self.inline_ops:
+            config["inline_ops"] = [dict(op) for op in self.inline_ops]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        quantize_input = bool(config.pop("quantize_input", False))
+        inline_ops = list(config.pop("inline_ops", []))
+        instance = cls(**config)
+        instance.quantize_input = quantize_input
+        instance.inline_ops = inline_ops
+        return instance
+
+    def get_input_quantizers(self, layer):
+        """``[quantizer]`` for the layer's first input, when planned (else ``[]``)."""
+        if not self.quantize_input or self.scheme.activation_bits is None:
+            return []
+        return [_activation_quantizer(self.scheme)]
+
+    def quantizes_input(self, layer, call_kwargs):
+        """Whether this call's first input gets the input quantizer (default: yes)."""
+        return True
+
+    def get_inline_op_quantizers(self, layer):
+        """Per inline op: ``([operand quantizer or None, ...], result quantizer or None)``.
+
+        Activation operands are symmetric (the converter may put either on the
+        right-hand side of BATCH_MATMUL, whose int8 kernel takes no zero point there);
+        a variable operand gets a per-tensor weight range unless the layer's own
+        weights are already quantized by its config.
+        """
+        found = []
+        for spec in self.inline_ops:
+            operands = []
+            for kind in spec["operands"]:
+                if kind == "weight":
+                    own = bool(self.get_weights_and_quantizers(layer))
+                    operands.append(None if own else _weight_quantizer(self.scheme, 0, False))
+                elif self.scheme.activation_bits is None:
+                    operands.append(None)
+                else:
+                    operands.append(_activation_quantizer(self.scheme, symmetric=True))
+            result = (
+                None if self.scheme.activation_bits is None else _activation_quantizer(self.scheme)
+            )
+            found.append((operands, result))
+        return found
 
 
 def _activation_quantizer(scheme, margin=0.0, symmetric=False):
@@ -222,6 +282,13 @@ def _lacks_int16_kernel(activation):
     return "gelu" in name.lower()
 
 
+def _has_reverse_kernel(layer):
+    """Whether a reversible embedding has its own output kernel (untied weights)."""
+    return getattr(layer, "tie_weights", True) is False and isinstance(
+        getattr(layer, "reverse_embeddings", None), keras.Variable
+    )
+
+
 def _takes_reverse(layer):
     import inspect
 
@@ -252,7 +319,15 @@ class EmbeddingConfig(_SchemeConfig):
         return {**super().get_config(), "weight_name": self.weight_name}
 
     def get_weights_and_quantizers(self, layer):
-        return [(self.weight_name, _weight_quantizer(self.scheme, 0, per_channel=False))]
+        found = [(self.weight_name, _weight_quantizer(self.scheme, 0, per_channel=False))]
+        if _has_reverse_kernel(layer):
+            # An untied output head (KerasHub Llama, Gemma 3, ...): (hidden, vocabulary),
+            # per vocabulary row like any output projection.
+            found.append(("reverse_embeddings", _weight_quantizer(self.scheme, 1)))
+        return found
+
+    def quantizes_input(self, layer, call_kwargs):
+        return bool(call_kwargs.get("reverse", False))
 
     def _requantizes_lookup(self):
         return (self.scheme.activation_bits or 0) > self.scheme.weight_bits
@@ -279,6 +354,27 @@ class OutputConfig(_SchemeConfig):
 
     def get_output_quantizers(self, layer):
         return [] if self.scheme.activation_bits is None else [_activation_quantizer(self.scheme)]
+
+
+@keras.saving.register_keras_serializable(package="keras_llmopt")
+class InlineOpsConfig(_SchemeConfig):
+    """A layer quantized only at the products its ``call`` computes inline.
+
+    KerasHub's attention layers (query-key scores, probabilities-value mix) and MoE
+    experts compute with ``keras.ops.einsum`` on tensors no layer outputs; the planner
+    (``consumer_inputs.plan``) gives such a layer this config with its ``inline_ops``.
+
+    Example:
+        >>> from keras_llmopt._src.quantization import schemes
+        >>> config = InlineOpsConfig(schemes.get_scheme("default_8bit"), inline_ops=[
+        ...     {"op": "einsum", "equation": "ab,cb->ac", "operands": ["activation"] * 2}])
+        >>> len(config.get_inline_op_quantizers(None))
+        1
+    """
+
+    def __init__(self, scheme, inline_ops=()):
+        super().__init__(scheme)
+        self.inline_ops = [dict(op) for op in inline_ops]
 
 
 @keras.saving.register_keras_serializable(package="keras_llmopt")
@@ -327,6 +423,21 @@ for _name in ("RMSNormalization", "GroupNormalization", "BatchNormalization", "U
     if hasattr(keras.layers, _name):
         _NORM_TYPES.append(getattr(keras.layers, _name))
 _MERGE_TYPES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Average)
+_NORM_SUFFIXES = ("LayerNorm", "RMSNorm", "LayerNormalization", "RMSNormalization")
+
+
+def _is_norm_like(layer):
+    """A normalization layer of another library (KerasHub's ``LlamaLayerNorm``, ...).
+
+    Matched by class name, and only if its weights are vectors (scale, offset), so a
+    layer with a kernel that happens to be called ``...Norm`` is not taken for one.
+    """
+    if isinstance(layer, keras.Model):
+        return False
+    if not any(c.__name__.endswith(_NORM_SUFFIXES) for c in type(layer).__mro__):
+        return False
+    return all(len(w.shape) <= 1 for w in layer.weights)
+
 
 # (matches(layer) -> bool, factory(layer, scheme) -> config or None); last match wins.
 _DEFAULTS = []
@@ -382,6 +493,9 @@ def _register_builtin():
     )
     register_default_config(keras_compat.BaseConv, lambda layer, s: WeightedLayerConfig(s))
     register_default_config(keras.layers.Embedding, lambda layer, s: EmbeddingConfig(s))
+    _DEFAULTS.append(
+        (_is_norm_like, lambda layer, s: OutputConfig(s) if s.activation_bits else None)
+    )
     for layer_type in (*_NORM_TYPES, *_MERGE_TYPES):
         register_default_config(
             layer_type, lambda layer, s: OutputConfig(s) if s.activation_bits else None

@@ -10,7 +10,9 @@ On other backends (JAX) the same maths runs in ``keras.ops``
 (:func:`~keras_llmopt._src.quantization.quantizers.fake_quant`).
 """
 
+import contextlib
 import math
+import threading
 
 import keras
 from keras import ops
@@ -165,6 +167,32 @@ class WeightQuantizer(Quantizer):
         }
 
 
+_calibration = threading.local()
+
+
+@contextlib.contextmanager
+def observing_float_activations():
+    """Within the block (on this thread), activation quantizers observe and pass through.
+
+    Post-training calibration takes every range from the float model's activations:
+    a range set early in the pass would otherwise clip what the layers after it see.
+
+    Example:
+        >>> layer = keras.layers.Layer()
+        >>> q = ActivationQuantizer()
+        >>> q.build(layer, (None, 1), "out")
+        >>> with observing_float_activations():
+        ...     float(q(keras.ops.convert_to_tensor([[100.0]]))[0, 0])
+        100.0
+    """
+    previous = getattr(_calibration, "active", False)
+    _calibration.active = True
+    try:
+        yield
+    finally:
+        _calibration.active = previous
+
+
 class ActivationQuantizer(Quantizer):
     """Activation quantizer with a moving min/max range learned while training.
 
@@ -227,6 +255,8 @@ class ActivationQuantizer(Quantizer):
             raise ValueError("ActivationQuantizer is not built: call build(layer, shape, name).")
         observed = x if observed is None else observed
         self.observe(observed)
+        if getattr(_calibration, "active", False):
+            return x  # calibrating: every range sees the float model's activations
         if training:
             lo, hi = self.observer.update(ops.stop_gradient(observed))
             lo, hi = self.range(lo, hi)

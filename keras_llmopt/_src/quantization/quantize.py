@@ -17,7 +17,7 @@ from absl import logging
 from keras_llmopt._src.core import keras_compat, layer_state, layer_tree, model_copy, targeting
 from keras_llmopt._src.core import saving as core_saving
 from keras_llmopt._src.core import strip as core_strip
-from keras_llmopt._src.quantization import attention_prep
+from keras_llmopt._src.quantization import attention_prep, consumer_inputs
 from keras_llmopt._src.quantization import configs as configs_lib
 from keras_llmopt._src.quantization import schemes as schemes_lib
 from keras_llmopt._src.quantization import state as state_lib
@@ -248,6 +248,7 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
     paths = [n.path for n in nodes if _own_weights(n.layer)]
     targeting.check_targets_used(targets, used_targets, work.name, paths)
     attention_prep.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
+    chosen += [(node, config, True) for node, config in consumer_inputs.plan(work, chosen, scheme)]
     quantized = []
     for node, config, _ in chosen:
         state = state_lib.install(node.layer, config, node.path, preserve_sparsity)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_llmopt._src.core import keras_compat, layer_state, layer_tree
+from keras_llmopt._src.core import inline_ops, keras_compat, layer_state, layer_tree
 from keras_llmopt._src.quantization import attention as attention_lib
 from keras_llmopt._src.quantization.configs import AttentionConfig, QuantizeConfig
 
@@ -81,6 +81,8 @@ class QuantizeState(layer_state.LayerState):
         object.__setattr__(self, "activations_q", [])
         object.__setattr__(self, "outputs_q", [])
         object.__setattr__(self, "attention_q", {})
+        object.__setattr__(self, "inputs_q", [])
+        object.__setattr__(self, "inline_q", [])
         object.__setattr__(self, "config", None)
 
     def setup(self, owner, config, path, preserve_sparsity=True, masked=None):
@@ -134,15 +136,34 @@ class QuantizeState(layer_state.LayerState):
             attention = config.get_attention_quantizers(owner)
             for name, quantizer in attention.items():
                 quantizer.build(self, None, f"attention_{name}")
+        inputs = list(_config_call(config, "get_input_quantizers", owner, []))
+        for i, quantizer in enumerate(inputs):
+            quantizer.build(self, None, f"input_{i}")
+        inline = list(_config_call(config, "get_inline_op_quantizers", owner, []))
+        for i, (operands, result) in enumerate(inline):
+            for j, quantizer in enumerate(operands):
+                if quantizer is not None:
+                    quantizer.build(self, None, f"inline_{i}_operand_{j}")
+            if result is not None:
+                result.build(self, None, f"inline_{i}_result")
         object.__setattr__(self, "weights_q", weights)
         object.__setattr__(self, "activations_q", activations)
         object.__setattr__(self, "outputs_q", outputs)
         object.__setattr__(self, "attention_q", attention)
+        object.__setattr__(self, "inputs_q", inputs)
+        object.__setattr__(self, "inline_q", inline)
 
     @property
     def is_empty(self):
         """Nothing to quantize (e.g. a normalization under a weight-only scheme)."""
-        return not (self.weights_q or self.activations_q or self.outputs_q or self.attention_q)
+        return not (
+            self.weights_q
+            or self.activations_q
+            or self.outputs_q
+            or self.attention_q
+            or self.inputs_q
+            or self.inline_q
+        )
 
     def activation_quantizers(self):
         """Every quantizer with a learned range, with a readable name."""
@@ -151,6 +172,10 @@ class QuantizeState(layer_state.LayerState):
         found = [(f"activation:{a}", q) for a, q in self.activations_q]
         found += [(f"output:{i}", q) for i, q in enumerate(self.outputs_q)]
         found += [(f"attention:{n}", q) for n, q in self.attention_q.items()]
+        found += [(f"input:{i}", q) for i, q in enumerate(self.inputs_q)]
+        for i, (operands, result) in enumerate(self.inline_q):
+            found += [(f"inline:{i}:operand:{j}", q) for j, q in enumerate(operands)]
+            found.append((f"inline:{i}:result", result))
         return [(n, q) for n, q in found if isinstance(q, ActivationQuantizer)]
 
     @property
@@ -171,6 +196,24 @@ class QuantizeState(layer_state.LayerState):
             if qw.storage_attr == attr:
                 return qw.value(training, value)
         return value
+
+    def transform_inputs(self, layer, args, kwargs, training):
+        if not self.inputs_q or not self.config.quantizes_input(layer, kwargs):
+            return args, kwargs
+        if args:
+            return (_quantize_float(args[0], self.inputs_q[0], training), *args[1:]), kwargs
+        if "inputs" in kwargs:
+            kwargs = dict(
+                kwargs, inputs=_quantize_float(kwargs["inputs"], self.inputs_q[0], training)
+            )
+        return args, kwargs
+
+    def call_scope(self, layer, training):
+        # Every quantized layer opens a scope: an outer layer's inline-op plan never
+        # applies to the products computed inside this one.
+        if not self.inline_q:
+            return inline_ops.rewriting(None)
+        return inline_ops.rewriting(_InlineQuantizer(self, training))
 
     def attribute_overrides(self, layer, training):
         if self.dense_view is not None:
@@ -235,6 +278,43 @@ class QuantizeState(layer_state.LayerState):
             "config": config,
             "masked": [qw.name for qw in self.weights_q if qw.mask is not None],
         }
+
+
+class _InlineQuantizer:
+    """Fake-quantizes one call's inline products, in the order the plan recorded."""
+
+    def __init__(self, state, training):
+        self.state = state
+        self.training = training
+        self.count = 0
+
+    def __call__(self, op, operands, compute):
+        index = self.count
+        self.count += 1
+        specs = self.state.config.inline_ops
+        if index >= len(specs) or (specs[index]["op"], specs[index]["equation"]) != (
+            op.op,
+            op.equation,
+        ):
+            return compute(*operands)  # a call path the plan did not see
+        quantizers, result = self.state.inline_q[index]
+        operands = [
+            x if q is None else q(x, training=self.training) for q, x in zip(quantizers, operands)
+        ]
+        y = compute(*operands)
+        return y if result is None else result(y, training=self.training)
+
+
+def _config_call(config, method, owner, default):
+    function = getattr(config, method, None)
+    return default if function is None else function(owner)
+
+
+def _quantize_float(x, quantizer, training):
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or "float" not in str(dtype):
+        return x
+    return quantizer(x, training=training)
 
 
 def _mask_values(name, variable, preserve_sparsity, masked):
