@@ -83,3 +83,58 @@ def test_train_then_evaluate(tmp_path):
     evaluated = _cli("evaluate", f"--model={out}", "--eval_windows=8")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "bpb" in evaluated.stdout
+
+
+@pytest.fixture
+def optimize_flags():
+    from absl import flags
+
+    from keras_llmopt._src.cli import optimize_cmd  # noqa: F401  (defines --recipe)
+
+    def parse(*args):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["keras-llmopt optimize", *args])
+
+    yield parse
+    flags.FLAGS.unparse_flags()
+
+
+def test_optimize_a_saved_kerashub_causal_lm(tmp_path, optimize_flags, capsys):
+    keras_hub = pytest.importorskip("keras_hub")
+    import keras
+
+    from keras_llmopt._src.cli import main, optimize_cmd
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=256,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=32,
+        intermediate_dim=64,
+    )
+    model_path = tmp_path / "llama.keras"
+    keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None).save(model_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "stages:\n"
+        "  - strip\n"
+        "  - evaluate: {windows: 2}\n"
+        "  - export: {format: tflite, quantization: dynamic_int8, verify_windows: 2}\n"
+    )
+    out = tmp_path / "out"
+    optimize_flags(f"--model={model_path}", f"--recipe={recipe}", f"--out={out}")
+    with pytest.raises(ValueError, match="pass --sequence_length=N"):
+        optimize_cmd.run([])
+    assert not out.exists()
+    optimize_flags(
+        f"--model={model_path}", f"--recipe={recipe}", f"--out={out}", "--sequence_length=16"
+    )
+    result = optimize_cmd.run([])
+    (artifact,) = result.artifacts
+    assert artifact["verified"] is True and artifact["quantization"] == "dynamic_int8"
+    assert (out / "stage2_dynamic_int8.tflite").exists()
+    assert json.loads((out / "pipeline.json").read_text())["evaluations"][0]["bpb"] > 0
+    assert "stage2_dynamic_int8.tflite" in capsys.readouterr().out
+    assert "--sequence_length" in main.command_help("optimize")

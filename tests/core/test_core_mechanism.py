@@ -140,6 +140,37 @@ def test_copy_error_names_what_to_add():
         model_copy.copy_model(model, "pruning")
 
 
+def test_copy_of_a_compiled_kerashub_task_keeps_its_compile_and_optimizer_state():
+    # KerasHub tasks override compile(), which Keras's loading (and so a plain deepcopy)
+    # skips: the copy would get the task's default compile (Adam 2e-5, top-k sampler).
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=256,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=16,
+    )
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    lm.compile(optimizer=keras.optimizers.SGD(0.125, momentum=0.9), loss=_loss(), sampler="greedy")
+    lm.optimizer.build(lm.trainable_variables)  # as after training: moments and a step
+    rng = np.random.default_rng(0)
+    for variable in lm.optimizer.variables:
+        variable.assign(rng.integers(1, 5, tuple(variable.shape)).astype(variable.dtype))
+    lm.optimizer.iterations.assign(2)
+    twin = model_copy.copy_model(lm)
+    assert isinstance(twin.sampler, keras_hub.samplers.GreedySampler)
+    assert type(twin.optimizer).__name__ == "SGD"
+    assert twin.optimizer.get_config()["momentum"] == pytest.approx(0.9)
+    assert int(ops.convert_to_numpy(twin.optimizer.iterations)) == 2
+    for old, new in zip(lm.optimizer.variables, twin.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(old), ops.convert_to_numpy(new))
+    uncompiled_copy = model_copy.copy_model(lm, compiled=False)
+    assert isinstance(uncompiled_copy.sampler, keras_hub.samplers.GreedySampler)
+
+
 # --- one save/load rule ------------------------------------------------------------------
 
 

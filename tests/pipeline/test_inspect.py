@@ -56,3 +56,50 @@ def test_inspect_bad_input(tmp_path):
         pipeline.inspect_model(tmp_path / "m.h5")
     with pytest.raises(TypeError, match="Received: int"):
         pipeline.inspect_model(3)
+
+
+def _tiny_llama_lm():
+    import keras
+
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=256,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=32,
+        intermediate_dim=64,
+    )
+    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+
+
+def _tiny_gpt():
+    from keras_llmopt import reference
+
+    return reference.build_gpt("tiny")
+
+
+@pytest.mark.parametrize("build", [_tiny_gpt, _tiny_llama_lm], ids=["reference_gpt", "llama"])
+def test_inspect_quantization_verdict_is_what_quantize_model_does(build):
+    from keras_llmopt import quantization
+
+    model = build()
+    verdict = pipeline.inspect_model(model).targets["quantization"]
+    report = quantization.quantize_model(model).quantize_report
+    assert sorted(verdict.selected_paths) == sorted(report.quantized)
+    assert {d.path: d.reason for d in verdict.skipped} == report.skipped
+    # The token embedding is quantized (its lookup output feeds int8 matmuls), and
+    # inspect says so rather than "ignored by default".
+    embedding = next(p for p in report.quantized if p.endswith("token_embedding"))
+    assert verdict.reason(embedding).selected
+
+
+def test_inspect_quantization_verdict_of_a_pruned_model(fresh_tiny):
+    from keras_llmopt import quantization
+
+    pruned = sparsity.prune_low_magnitude(fresh_tiny, sparsity.ConstantSparsity(0.5, 0))
+    verdict = pipeline.inspect_model(pruned).targets["quantization"]
+    report = quantization.quantize_model(pruned).quantize_report
+    assert sorted(verdict.selected_paths) == sorted(report.quantized)
+    assert {d.path: d.reason for d in verdict.skipped} == report.skipped

@@ -113,3 +113,139 @@ def test_training_stages_run_on_any_backend(trained_tiny, tiny_corpus, tmp_path)
     mlp = [w for w in report.weights if "mlp_down" in w.path]
     assert all(w.sparsity == pytest.approx(0.5, abs=0.01) for w in mlp)
     assert (tmp_path / "model.keras").exists() and (tmp_path / "pipeline.json").exists()
+
+
+# --- any model the Python API accepts: a saved KerasHub CausalLM ---------------------
+
+
+def _tiny_llama_lm():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=256,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=32,
+        intermediate_dim=64,
+    )
+    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+
+
+@pytest.fixture(scope="module")
+def llama_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama") / "llama.keras"
+    _tiny_llama_lm().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus16():
+    from keras_llmopt import reference
+
+    return reference.load_corpus(16)
+
+
+KERASHUB_RECIPE = {
+    "stages": [
+        "strip",
+        {"evaluate": {"windows": 2}},
+        {"export": {"format": "tflite", "name": "llama", "verify_windows": 2}},
+    ]
+}
+PRUNE_STAGE = {"prune": {"final_sparsity": 0.5, "steps": 2, "batch_size": 2, "frequency": 1}}
+
+
+def test_recipe_on_a_saved_kerashub_llama(llama_file, corpus16, tmp_path):
+    from keras_llmopt import export
+
+    model = keras.saving.load_model(llama_file, compile=False)
+    before = [np.array(w) for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"sequence length.*pass sequence_length=N"):
+        pipeline.run_recipe(KERASHUB_RECIPE, model, tmp_path / "none", corpus=corpus16)
+    assert not (tmp_path / "none").exists()  # refused before anything ran
+    out = tmp_path / "out"
+    result = pipeline.run_recipe(
+        KERASHUB_RECIPE, model, out, corpus=corpus16, verbose=0, sequence_length=16
+    )
+    (artifact,) = result.artifacts
+    assert artifact["verified"] is True and artifact["verification"]["bpb_artifact"] is not None
+    assert np.isfinite(result.evaluations[0]["bpb"])
+    runner = export.load_runner(out / "llama.tflite")
+    tokens = corpus16.validation[:1, :16].astype("int32")
+    feeds = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    expected = keras.ops.convert_to_numpy(result.model(feeds))
+    np.testing.assert_allclose(runner(feeds), expected, atol=1e-3)
+    assert sorted(p.name for p in out.iterdir()) == ["llama.tflite", "model.keras", "pipeline.json"]
+    reloaded = keras.saving.load_model(out / "model.keras", compile=False)
+    assert type(reloaded).__name__ == "LlamaCausalLM"
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)  # the user's model is untouched
+
+
+@pytest.mark.slow
+def test_prune_recipe_fine_tunes_a_kerashub_llama_on_dict_inputs(llama_file, corpus16, tmp_path):
+    model = keras.saving.load_model(llama_file, compile=False)
+    model.compile(sampler="greedy")
+    recipe = {"stages": [PRUNE_STAGE, *KERASHUB_RECIPE["stages"]]}
+    result = pipeline.run_recipe(
+        recipe, model, tmp_path, corpus=corpus16, verbose=0, sequence_length=16
+    )
+    assert result.artifacts[0]["verified"] is True
+    report = sparsity.sparsity_report(result.model)
+    mlp = [w for w in report.weights if "feedforward" in w.path]
+    assert mlp and all(w.sparsity == pytest.approx(0.5, abs=0.02) for w in mlp)
+    assert type(result.model.sampler).__name__ == "GreedySampler"  # kept through fine-tuning
+
+
+def test_recipe_sequence_length_key_and_its_checks(llama_file, corpus16, tmp_path):
+    model = keras.saving.load_model(llama_file, compile=False)
+    recipe = pipeline.parse_recipe(
+        {"sequence_length": 16, "stages": [{"evaluate": {"windows": 2}}]}
+    )
+    assert recipe.sequence_length == 16
+    assert pipeline.parse_recipe(recipe.to_dict()) == recipe
+    result = pipeline.run_recipe(recipe, model, tmp_path / "a", corpus=corpus16, verbose=0)
+    assert np.isfinite(result.evaluations[0]["bpb"])
+    with pytest.raises(ValueError, match="`sequence_length` must be a positive integer"):
+        pipeline.parse_recipe({"sequence_length": 0, "stages": ["strip"]})
+    gpt = pipeline.parse_recipe({"sequence_length": 999, "stages": ["strip"]})
+    from keras_llmopt import reference
+
+    with pytest.raises(ValueError, match=r"sequence_length=999; accepted: at most 64"):
+        pipeline.run_recipe(gpt, reference.build_gpt("tiny"), tmp_path / "b")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    tiny_vocab = keras.Model(tokens, keras.layers.Embedding(100, 8)(tokens))
+    with pytest.raises(ValueError, match="takes 100 token ids.*at least 256"):
+        pipeline.run_recipe(recipe, tiny_vocab, tmp_path / "c")
+    features = keras.Input((16, 4))
+    floats = keras.Model(features, keras.layers.Dense(2)(features))
+    with pytest.raises(ValueError, match="inputs the pipeline cannot feed"):
+        pipeline.run_recipe(recipe, floats, tmp_path / "c")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_qat_recipe_on_a_kerashub_gpt2_exports_full_integer(corpus16, tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=256,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=16,
+    )
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    recipe = {
+        "stages": [
+            {"quantize": {"steps": 2, "batch_size": 4}},
+            {"export": {"quantization": "int8", "verify_windows": 2, "calibration_windows": 4}},
+        ]
+    }
+    result = pipeline.run_recipe(recipe, lm, tmp_path, corpus=corpus16, verbose=0)
+    (artifact,) = result.artifacts
+    assert artifact["verified"] is True and artifact["quantization"] == "int8"
+    assert type(result.model.sampler).__name__ == "GreedySampler"  # kept through training

@@ -11,10 +11,22 @@ from keras_llmopt._src.cli import flags as cli_flags
 
 HELP = (
     "Run --recipe (YAML or JSON: prune / quantize / cluster / strip / evaluate / export "
-    "stages) on --model (.keras; default: the cached trained --preset GPT), writing verified "
-    "artifacts and pipeline.json into --out."
+    "stages) on --model (.keras: any model with a token input, KerasHub CausalLMs included; "
+    "default: the cached trained --preset GPT), writing verified artifacts and pipeline.json "
+    "into --out. --sequence_length (or the recipe's `sequence_length:`) sets the length for "
+    "models that do not fix one."
 )
-FLAG_NAMES = ("recipe", "model", "preset", "steps", "out", "seed", "corpus_dir", "plugins")
+FLAG_NAMES = (
+    "recipe",
+    "model",
+    "preset",
+    "steps",
+    "sequence_length",
+    "out",
+    "seed",
+    "corpus_dir",
+    "plugins",
+)
 
 RECIPE = flags.DEFINE_string(
     "recipe", None, "Recipe file (.yaml/.yml/.json), e.g. examples/recipes/prune50_int8.yaml."
@@ -44,7 +56,6 @@ def run(argv):
         registry.techniques()  # every technique registered, so patched models load
 
         model = keras.saving.load_model(path, compile=False)
-        corpus = common.corpus_for(common.sequence_length_of(model))
     else:
         from keras_llmopt._src.reference.config import GPTConfig
         from keras_llmopt._src.reference.zoo import trained_model
@@ -56,10 +67,22 @@ def run(argv):
             seed=cli_flags.SEED.value,
             corpus=corpus,
         )
-    logging.info("optimize: recipe %r, %d stages", recipe.name, len(recipe.stages))
+    length = runner.resolve_inputs(
+        model, recipe, cli_flags.SEQUENCE_LENGTH.value, what="optimize"
+    ).sequence_length
+    if path:
+        corpus = common.corpus_for(length)
+    logging.info(
+        "optimize: recipe %r, %d stages, length %d", recipe.name, len(recipe.stages), length
+    )
     try:
         result = runner.run_recipe(
-            recipe, model, cli_flags.OUT.value, corpus=corpus, seed=cli_flags.SEED.value
+            recipe,
+            model,
+            cli_flags.OUT.value,
+            corpus=corpus,
+            seed=cli_flags.SEED.value,
+            sequence_length=length,
         )
     except StageError as error:
         logging.error("%s", error)

@@ -9,10 +9,15 @@ serializes under ``keras_llmopt>PatchedModel``; loading rebuilds the float model
 asks each state's technique (the registry) to re-create the state from its record,
 and Keras then loads every variable (weights, masks, ranges, codebooks, optimizer)
 into it as for any model. ``model.save``, ``keras.saving.load_model``,
-``copy.deepcopy`` and pickling all go through this.
+``copy.deepcopy`` and pickling all go through this. ``model.save(path)`` of a patched
+model is staged: Keras writes a temporary file beside ``path``, which replaces ``path``
+only once complete, so a save that fails (an object Keras cannot serialize) leaves no
+file behind, and a file already at ``path`` untouched.
 """
 
 import contextlib
+import os
+import tempfile
 
 import keras
 
@@ -101,6 +106,81 @@ def _get_config(self):
     }
 
 
+def _staged(filepath, zipped):
+    """The local ``.keras`` path a save can stage, or ``None`` (Keras writes it directly)."""
+    if not isinstance(filepath, str | os.PathLike) or zipped is False:
+        return None
+    path = os.fspath(filepath)
+    if not path.endswith(".keras") or "://" in path:
+        return None
+    return path
+
+
+def _overwrite_confirmed(path):
+    """Asks, as Keras does for ``overwrite=False``, whether to replace ``path``."""
+    answer = input(f"[WARNING] {path} already exists - overwrite? [y/n]").strip().lower()
+    while answer not in ("y", "n"):
+        answer = input('Enter "y" (overwrite) or "n" (cancel).').strip().lower()
+    return answer == "y"
+
+
+def save_staged(model, filepath, overwrite=True, zipped=None, **kwargs):
+    """``model.save`` through a temporary file: a failed save leaves no file behind.
+
+    The float class's ``save`` writes ``.<name>.<random>.tmp.keras`` beside ``filepath``;
+    only a complete file replaces ``filepath`` (an existing file is untouched until
+    then). Paths Keras does not write as a local ``.keras`` zip (``.h5``, remote or
+    unzipped) go to Keras as they are. Patched models' ``save`` is this function.
+
+    Args:
+        model: A ``keras.Model``.
+        filepath: Where to save, as for ``keras.Model.save``.
+        overwrite: Replace an existing file without asking.
+        zipped: As for ``keras.Model.save``.
+        **kwargs: Passed to ``keras.Model.save``.
+
+    Example:
+        >>> import os, tempfile
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> folder = tempfile.mkdtemp()
+        >>> save_staged(m, os.path.join(folder, "m.keras"))
+        >>> os.listdir(folder)
+        ['m.keras']
+    """
+    base_save = float_class(model).save
+    path = _staged(filepath, zipped)
+    if path is None:
+        return base_save(model, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+    if os.path.exists(path) and not overwrite and not _overwrite_confirmed(path):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp.keras", dir=folder
+    )
+    os.close(fd)
+    try:
+        base_save(model, temp, overwrite=True, zipped=zipped, **kwargs)
+        os.chmod(temp, _file_mode(path))
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return None
+
+
+def _file_mode(path):
+    """The mode a new file gets (``0o666`` less the umask), or the existing file's."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _save(self, filepath, overwrite=True, zipped=None, **kwargs):
+    return save_staged(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
+
 def _patched_class(base):
     cls = _PATCHED_CLASSES.get(base)
     if cls is None:
@@ -112,6 +192,7 @@ def _patched_class(base):
                 "__qualname__": base.__qualname__,
                 "__doc__": base.__doc__,
                 "get_config": _get_config,
+                "save": _save,
                 _FLOAT_CLASS_ATTR: base,
             },
         )

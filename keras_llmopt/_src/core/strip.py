@@ -3,7 +3,9 @@
 Works for any mix of layer states: the states of the chosen techniques are evaluated
 in inference mode (with the states before them in each layer's chain), written into
 the weight variables and removed; other techniques' states stay. Without states
-left, the copy has its model's own class again and saves as a plain Keras model.
+left, the copy has its model's own class again and saves as a plain Keras model. A
+compiled model's copy is compiled as it was (loss, metrics, the optimizer's config, a
+KerasHub ``CausalLM``'s sampler), with a fresh optimizer state.
 """
 
 from keras import ops
@@ -43,7 +45,8 @@ def strip_techniques(model, techniques=None, what="stripping"):
         what: What the copy is for (error messages).
 
     Returns:
-        The stripped copy (uncompiled); with no states left, a plain Keras model.
+        The stripped copy; with no states left, a plain Keras model. It is compiled
+        as ``model`` is (a fresh optimizer from its config), or not if ``model`` is not.
 
     Example:
         >>> import keras
@@ -66,4 +69,5 @@ def strip_techniques(model, techniques=None, what="stripping"):
         for attr, value in baked.items():
             variable = getattr(layer, attr)
             variable.assign(ops.cast(value, variable.dtype))
-    return saving.make_saveable(clean)
+    saving.make_saveable(clean)
+    return model_copy.compile_like(clean, model)

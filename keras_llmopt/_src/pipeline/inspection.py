@@ -1,4 +1,10 @@
-"""``inspect_model``: what a model holds and what each transformation would touch."""
+"""``inspect_model``: what a model holds and what each transformation would touch.
+
+Each transformation's verdict comes from the selection code the technique itself runs
+(pruning and clustering: ``core.targeting.select_layers`` with their defaults;
+quantization: ``quantization.quantize.select_layers`` as ``quantize_model`` calls it),
+so what ``inspect`` says is what the technique does.
+"""
 
 import collections
 import dataclasses
@@ -18,7 +24,9 @@ class Inspection:
         bytes_by_dtype: ``{dtype: bytes}`` of the model's variables.
         sparsity: A ``SparsityReport`` (per-layer sparsity, dense vs sparse bytes).
         targets: ``{transformation: TargetReport}`` for pruning, quantization and
-            clustering (default targeting: token embedding and output head left alone).
+            clustering with each technique's defaults (pruning and clustering leave the
+            token embedding and output head alone; quantization, with the default
+            scheme, takes every layer it has a config for).
         pruned: Whether the model carries pruning masks.
 
     Example:
@@ -71,6 +79,66 @@ def _pruning_state_ids(model):
     return ids
 
 
+def _quantizes_something(layer, config):
+    """Whether ``config`` gives ``layer`` a non-empty state (as ``QuantizeState.setup``)."""
+    from keras_llmopt._src.quantization import configs
+
+    if config.get_weights_and_quantizers(layer) or config.get_activations_and_quantizers(layer):
+        return True
+    if list(config.get_output_quantizers(layer)):
+        return True
+    return isinstance(config, configs.AttentionConfig) and bool(
+        config.get_attention_quantizers(layer)
+    )
+
+
+def _quantized_weights(layer, config):
+    found = []
+    for ref, _ in config.get_weights_and_quantizers(layer):
+        variable = getattr(layer, ref, None) if isinstance(ref, str) else ref
+        name = ref if isinstance(ref, str) else getattr(ref, "name", "weight")
+        found.append((name.split("/")[-1], tuple(getattr(variable, "shape", ()))))
+    return found
+
+
+def quantization_targets(model, scheme="default_8bit"):
+    """What ``quantize_model(model, scheme=scheme)`` would quantize and leave in float.
+
+    Asks the selection code ``quantize_model`` runs (the model is not changed): the
+    selected paths are its report's ``quantized`` list, the skipped ones (with their
+    reasons) its ``skipped``.
+
+    Args:
+        model: A built ``keras.Model`` (patched ones too: their states are not layers).
+        scheme: A quantization scheme name or ``QuantizeScheme``.
+
+    Returns:
+        A ``TargetReport`` with action ``"quantized"``.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> report = quantization_targets(reference.build_gpt("tiny"))
+        >>> "block_0_attention/query" in report.selected_paths
+        True
+    """
+    from keras_llmopt._src.core import layer_tree, targeting
+    from keras_llmopt._src.quantization import quantize
+
+    chosen, skipped, _ = quantize.select_layers(model, quantize.default_annotations(model), scheme)
+    selected = {
+        node.path: config for node, config, _ in chosen if _quantizes_something(node.layer, config)
+    }
+    decisions = []
+    for node in layer_tree.walk_layers(model):
+        cls = type(node.layer).__name__
+        if node.path in selected:
+            weights = _quantized_weights(node.layer, selected[node.path])
+            decisions.append(targeting.LayerDecision(node.path, cls, True, weights))
+        elif node.path in skipped:
+            decisions.append(targeting.LayerDecision(node.path, cls, False, [], skipped[node.path]))
+    return targeting.TargetReport(decisions, action="quantized")
+
+
 def inspect_model(model):
     """Parameters, bytes by dtype, per-layer sparsity and per-transformation targets.
 
@@ -114,12 +182,11 @@ def inspect_model(model):
             ).itemsize
         )
     pruned = bool(state)
-    targets = {}
-    for action in ("pruned", "quantized", "clustered"):
-        report, _ = targeting.select_layers(model, action=action)
-        targets[
-            {"pruned": "pruning", "quantized": "quantization", "clustered": "clustering"}[action]
-        ] = report
+    targets = {
+        "pruning": targeting.select_layers(model, action="pruned")[0],
+        "quantization": quantization_targets(model),
+        "clustering": targeting.select_layers(model, action="clustered")[0],
+    }
     return Inspection(
         name=model.name,
         parameters=parameters,

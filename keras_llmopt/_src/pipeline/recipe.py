@@ -4,6 +4,7 @@ A recipe is YAML (read with ``yaml.safe_load``) or JSON::
 
     name: prune50_int8            # optional
     description: ...              # optional
+    sequence_length: 128          # optional: for models that do not declare one
     stages:
       - prune: {final_sparsity: 0.5, steps: 300}
       - strip: {}
@@ -13,6 +14,9 @@ Each stage is a one-key mapping ``{stage name: {key: value}}`` (a bare stage nam
 as ``- strip``, means no arguments). Every stage, key, type and range is checked before
 anything trains; an error names the stage's index and name, the key, the value
 received and what is accepted. ``STAGE_SCHEMAS`` below is the reference of every key.
+``sequence_length`` is the length the recipe trains, calibrates, evaluates and exports
+at, for a model whose inputs do not fix it (a KerasHub Llama or Gemma ``CausalLM``);
+``run_recipe(sequence_length=...)`` and ``--sequence_length`` override it.
 """
 
 import dataclasses
@@ -55,7 +59,7 @@ def _stage_schemas():
 # Every stage's schema: the built-ins plus each registered technique's, read live.
 STAGE_SCHEMAS = registry.LiveMapping(_stage_schemas)
 
-_TOP_LEVEL_KEYS = ("name", "description", "stages")
+_TOP_LEVEL_KEYS = ("name", "description", "sequence_length", "stages")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A validated recipe: a name and its ordered stages.
+    """A validated recipe: a name, its ordered stages and, optionally, a sequence length.
 
     Example:
         >>> recipe = parse_recipe({"stages": [{"prune": {"final_sparsity": 0.5}}]})
@@ -95,6 +99,7 @@ class Recipe:
     name: str
     description: str
     stages: tuple
+    sequence_length: int | None = None
 
     def to_dict(self):
         """The recipe as plain data, defaults filled in (round-trips through parse).
@@ -103,11 +108,11 @@ class Recipe:
             >>> parse_recipe(recipe.to_dict()) == recipe
             True
         """
-        return {
-            "name": self.name,
-            "description": self.description,
-            "stages": [{s.name: dict(s.params)} for s in self.stages],
-        }
+        data = {"name": self.name, "description": self.description}
+        if self.sequence_length is not None:
+            data["sequence_length"] = self.sequence_length
+        data["stages"] = [{s.name: dict(s.params)} for s in self.stages]
+        return data
 
 
 def _where(index, name, key=None):
@@ -304,8 +309,8 @@ def parse_recipe(data):
     """Validates recipe data (a dict, e.g. from YAML/JSON) into a :class:`Recipe`.
 
     Args:
-        data: ``{"name": ..., "description": ..., "stages": [...]}`` or just the list of
-            stages.
+        data: ``{"name": ..., "description": ..., "sequence_length": ..., "stages": [...]}``
+            (only ``stages`` is required) or just the list of stages.
 
     Returns:
         A :class:`Recipe` with defaults filled in.
@@ -342,9 +347,16 @@ def parse_recipe(data):
     for key in ("name", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise TypeError(f"Recipe: `{key}` must be a string. Received: {key}={data[key]!r}")
+    length = data.get("sequence_length")
+    bad = not isinstance(length, int) or isinstance(length, bool) or length < 1
+    if length is not None and bad:
+        raise ValueError(
+            "Recipe: `sequence_length` must be a positive integer (or left out to read it "
+            f"from the model). Received: sequence_length={length!r}"
+        )
     parsed = tuple(_parse_stage(i, entry) for i, entry in enumerate(stages))
     _check_order(parsed)
-    return Recipe(data.get("name") or "recipe", data.get("description") or "", parsed)
+    return Recipe(data.get("name") or "recipe", data.get("description") or "", parsed, length)
 
 
 def load_recipe(path):

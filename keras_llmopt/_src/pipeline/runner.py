@@ -51,8 +51,59 @@ class PipelineResult:
         }
 
 
-def _sequence_length(model):
-    return describe_inputs(model).sequence_length
+BYTE_VOCABULARY = 256  # the pipeline's corpus is byte-level: token ids 0..255
+
+
+def resolve_inputs(model, recipe=None, sequence_length=None, what="run_recipe"):
+    """The model's inputs at the length a recipe runs at, checked before anything trains.
+
+    The length is ``sequence_length`` if given, else the recipe's ``sequence_length``,
+    else what the model fixes or declares as its maximum (the shared core's
+    ``describe_inputs``).
+
+    Args:
+        model: The ``keras.Model`` the recipe runs on.
+        recipe: A ``Recipe`` (its ``sequence_length``), or ``None``.
+        sequence_length: An explicit length (``run_recipe``'s argument, the CLI flag).
+        what: The caller, for messages.
+
+    Returns:
+        A ``ModelInputs`` whose ``sequence_length`` is set.
+
+    Raises:
+        ValueError: No length can be told (the message names ``sequence_length=`` and
+            ``--sequence_length``), the length contradicts the model (a fixed input
+            length, a maximum), or the model takes inputs other than token ids and masks,
+            or fewer than 256 token ids.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> resolve_inputs(reference.build_gpt("tiny")).sequence_length
+        64
+    """
+    length = sequence_length
+    if length is None and recipe is not None:
+        length = recipe.sequence_length
+    inputs = describe_inputs(model, sequence_length=length)
+    stages_lib.check_token_inputs(inputs, model.name)
+    if inputs.sequence_length is None:
+        hint = "pass sequence_length=N (the CLI: --sequence_length=N)"
+        if what.startswith("optimize"):
+            hint = "pass --sequence_length=N"
+        raise ValueError(
+            f"{what}: cannot tell the sequence length of model '{model.name}': its inputs "
+            f"{list(inputs.names)} have a dynamic length and it declares no maximum. "
+            f"Received: sequence_length=None; {hint} or set `sequence_length: N` in the "
+            "recipe"
+        )
+    vocabulary = inputs.vocabulary_size
+    if vocabulary is not None and vocabulary < BYTE_VOCABULARY:
+        raise ValueError(
+            f"{what}: model '{model.name}' takes {vocabulary} token ids; the pipeline "
+            f"trains and verifies on byte-level text (ids 0..255). Received: a vocabulary of "
+            f"{vocabulary}; accepted: at least {BYTE_VOCABULARY}"
+        )
+    return inputs
 
 
 def preflight(recipe):
@@ -75,7 +126,16 @@ def preflight(recipe):
             )
 
 
-def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save_model=True):
+def run_recipe(
+    recipe,
+    model,
+    out_dir,
+    corpus=None,
+    seed=0,
+    verbose="auto",
+    save_model=True,
+    sequence_length=None,
+):
     """Runs a recipe's stages in order on a copy of ``model``; writes into ``out_dir``.
 
     Everything is validated first (the recipe, the model, the modules the stages need),
@@ -87,8 +147,11 @@ def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save
 
     Args:
         recipe: A ``Recipe``, a recipe dict, or the path of a ``.yaml``/``.json`` recipe.
-        model: A Keras language model mapping int32 tokens ``(batch, T)`` to logits
-            (e.g. the reference GPT). It is not modified.
+        model: A Keras language model mapping token ids to logits: the reference GPT,
+            any functional/Sequential/subclassed model with a ``(batch, T)`` token
+            input, or a KerasHub ``CausalLM`` (fed ``token_ids`` and an all-ones
+            ``padding_mask``). Its vocabulary must cover bytes (256 ids). It is not
+            modified.
         out_dir: Output folder (created if needed).
         corpus: A ``Corpus`` for fine-tuning and verification (default: the reference
             corpus at the model's sequence length).
@@ -96,6 +159,10 @@ def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save
         verbose: Keras ``fit`` verbosity.
         save_model: Also save the final model as ``model.keras`` (skipped, with a
             note in the summary, if the model cannot be saved).
+        sequence_length: The length to train, calibrate, evaluate and export at;
+            overrides the recipe's ``sequence_length``. Needed (here or in the
+            recipe) when the model fixes none and declares no maximum (KerasHub Llama,
+            Gemma, Mistral, ... with rotary positions).
 
     Returns:
         A :class:`PipelineResult`.
@@ -125,12 +192,8 @@ def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save
         )
     if not isinstance(out_dir, str | os.PathLike) or not os.fspath(out_dir):
         raise TypeError(f"run_recipe: `out_dir` must be a folder path. Received: {out_dir!r}")
-    length = _sequence_length(model)
-    if length is None:
-        raise ValueError(
-            f"run_recipe: cannot tell the sequence length of model '{model.name}': it needs "
-            "a (batch, T) token input with T fixed, or a 'position_embedding' layer."
-        )
+    inputs = resolve_inputs(model, recipe, sequence_length)
+    length = inputs.sequence_length
     preflight(recipe)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -138,7 +201,9 @@ def run_recipe(recipe, model, out_dir, corpus=None, seed=0, verbose="auto", save
         from keras_llmopt._src.reference.corpus import load_corpus
 
         corpus = load_corpus(length)
-    ctx = stages_lib.StageContext(corpus, out_dir, length, seed=seed, verbose=verbose)
+    ctx = stages_lib.StageContext(
+        corpus, out_dir, length, seed=seed, verbose=verbose, inputs=inputs
+    )
     state = stages_lib.PipelineState(model=model_copy.copy_model(model, "a recipe"))
     total = len(recipe.stages)
     start = time.time()

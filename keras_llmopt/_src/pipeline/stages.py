@@ -4,7 +4,9 @@ Technique stages (``prune``, ``quantize``, ``cluster``, and any registered techn
 are run by their technique's ``run_stage`` handler from the registry; this module
 names none of them. It runs the pipeline's own stages (``strip``, ``evaluate``,
 ``export``) and gives technique handlers a :class:`StageRun`: fine-tuning on the
-corpus and calibration windows.
+corpus and calibration windows. Every stage feeds the model as the shared core's input
+description (``core.model_inputs``) says it takes its inputs: an array of token ids,
+or a dict of token ids and all-ones masks (KerasHub ``token_ids`` / ``padding_mask``).
 """
 
 import dataclasses
@@ -56,9 +58,11 @@ class StageContext:
     Attributes:
         corpus: A ``keras_llmopt.reference.Corpus`` (fine-tuning, calibration, checks).
         out_dir: Folder the artifacts are written to.
-        sequence_length: Fixed length of exported artifacts.
+        sequence_length: The length every stage runs at (and of exported artifacts).
         seed: Seed of the fine-tuning data order.
         verbose: Keras ``fit`` verbosity (a progress bar by default).
+        inputs: The model's ``ModelInputs`` at ``sequence_length`` (``None``: one token
+            input), from :func:`~keras_llmopt._src.core.model_inputs.describe_inputs`.
     """
 
     corpus: object
@@ -66,6 +70,11 @@ class StageContext:
     sequence_length: int
     seed: int = 0
     verbose: object = "auto"
+    inputs: object = None
+
+    def feeds(self, tokens):
+        """Token ids ``(B, T)`` as the model takes them (see :func:`token_feeds`)."""
+        return token_feeds(self.inputs, tokens)
 
 
 @dataclasses.dataclass
@@ -85,23 +94,127 @@ class StageRun:
     context: StageContext
 
     def train(self, model, params, callbacks=None):
-        """Fine-tunes ``model`` on the corpus (``steps``, ``batch_size``, ``learning_rate``)."""
-        from keras_llmopt._src.reference.training import train
+        """Fine-tunes ``model`` on the corpus (``steps``, ``batch_size``, ``learning_rate``).
 
-        train(
-            model,
-            self.context.corpus,
-            params["steps"],
+        Next-token cross-entropy with the reference AdamW schedule; a dict-input model
+        gets its token ids and masks, and keeps its KerasHub sampler.
+        """
+        from keras_llmopt._src.reference import training
+
+        ctx = self.context
+        if _takes_token_array(ctx.inputs):
+            training.train(
+                model,
+                ctx.corpus,
+                params["steps"],
+                batch_size=params["batch_size"],
+                learning_rate=params["learning_rate"],
+                seed=ctx.seed,
+                callbacks=callbacks,
+                verbose=ctx.verbose,
+            )
+            return
+        sampler = getattr(model, "sampler", None)
+        model.compile(
+            optimizer=training.make_optimizer(params["steps"], params["learning_rate"]),
+            loss=training.lm_loss(),
+        )
+        if sampler is not None:
+            model.sampler = sampler  # a CausalLM's compile() resets it
+        x, y = training.make_batches(
+            ctx.corpus.train, params["batch_size"], params["steps"], seed=ctx.seed
+        )
+        model.fit(
+            ctx.feeds(x),
+            y,
             batch_size=params["batch_size"],
-            learning_rate=params["learning_rate"],
-            seed=self.context.seed,
+            epochs=1,
+            shuffle=False,
             callbacks=callbacks,
-            verbose=self.context.verbose,
+            verbose=ctx.verbose,
         )
 
     def calibration_data(self, count):
-        """``count`` training windows as int32 token ids ``(count, T)``."""
-        return _windows(self.context.corpus.train, count)[:, :-1]
+        """``count`` training windows as the model takes them (token ids ``(count, T)``)."""
+        return self.context.feeds(_windows(self.context.corpus.train, count)[:, :-1])
+
+
+def _takes_token_array(inputs):
+    return inputs is None or (not inputs.is_dict and len(inputs.specs) == 1)
+
+
+def check_token_inputs(inputs, model_name):
+    """Raises unless the pipeline can feed every input: token ids and masks only.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> from keras_llmopt._src.core.model_inputs import describe_inputs
+        >>> check_token_inputs(describe_inputs(reference.build_gpt("tiny")), "gpt")
+    """
+    if inputs.token_input is None or any(
+        not (spec.is_tokens or spec.is_mask) for spec in inputs.specs
+    ):
+        found = [f"{spec.name} ({spec.dtype}, {spec.role})" for spec in inputs.specs]
+        raise ValueError(
+            f"run_recipe: model {model_name!r} takes inputs the pipeline cannot feed. "
+            f"Received: inputs {found}; accepted: one integer token-id input (batch, T), "
+            "optionally with padding/attention masks (e.g. KerasHub token_ids and "
+            "padding_mask)"
+        )
+
+
+def token_feeds(inputs, tokens):
+    """Token ids ``(B, T)`` arranged as a model takes them: masks are all ones.
+
+    Args:
+        inputs: The model's ``ModelInputs`` (``None``: the tokens as they are).
+        tokens: Integer array ``(B, T)``.
+
+    Returns:
+        The array (one token input) or a dict / list of arrays, one per input.
+
+    Example:
+        >>> from keras_llmopt._src.core.model_inputs import InputSpec, ModelInputs
+        >>> inputs = ModelInputs((InputSpec("token_ids", (None, 4), "int32", "tokens"),
+        ...                       InputSpec("padding_mask", (None, 4), "bool", "mask")),
+        ...                      is_dict=True)
+        >>> feeds = token_feeds(inputs, np.zeros((2, 4), "int32"))
+        >>> sorted(feeds), feeds["padding_mask"].dtype
+        (['padding_mask', 'token_ids'], dtype('bool'))
+    """
+    tokens = np.asarray(tokens)
+    if _takes_token_array(inputs):
+        return tokens
+    values = []
+    for spec in inputs.specs:
+        value = np.ones(tokens.shape, "int32") if spec.is_mask else tokens
+        values.append(value.astype(spec.dtype))
+    return inputs.pack(values)
+
+
+def logits_function(model, inputs, batch_size=32):
+    """``fn(tokens) -> logits`` of a Keras model fed as :func:`token_feeds` says.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> from keras_llmopt._src.core.model_inputs import describe_inputs
+        >>> model = reference.build_gpt("tiny")
+        >>> fn = logits_function(model, describe_inputs(model))
+        >>> fn(np.zeros((2, 64), "int32")).shape
+        (2, 64, 256)
+    """
+    import keras
+
+    def run(tokens):
+        outputs = [
+            keras.ops.convert_to_numpy(
+                model.predict_on_batch(token_feeds(inputs, tokens[i : i + batch_size]))
+            )
+            for i in range(0, len(tokens), batch_size)
+        ]
+        return np.concatenate(outputs, axis=0)
+
+    return run
 
 
 def _windows(windows, count):
@@ -160,7 +273,10 @@ def run_evaluate(stage, state, ctx):
     """Validation bits per byte of the current model."""
     from keras_llmopt._src.reference.evaluation import evaluate
 
-    result = evaluate(state.model, ctx.corpus, num_windows=stage.params["windows"])
+    model = state.model
+    if not _takes_token_array(ctx.inputs):
+        model = logits_function(model, ctx.inputs)
+    result = evaluate(model, ctx.corpus, num_windows=stage.params["windows"])
     logging.info("%s: validation bpb %.4f", stage.label, result.bpb)
     state.evaluations.append({"stage": stage.index, **result.to_dict()})
     return state
@@ -175,14 +291,16 @@ def run_export(stage, state, ctx):
     as_is = _exports_as_is(model)
     path = os.path.join(ctx.out_dir, export_stem(stage))
     windows = _windows(ctx.corpus.validation, p["verify_windows"])
-    data = (windows[:, :-1], windows[:, 1:])
+    data = (ctx.feeds(windows[:, :-1]), windows[:, 1:])
     quantization = None if p["quantization"] == "none" else p["quantization"]
     logging.info("%s: writing %s", stage.label, path)
     try:
         if p["format"] == "tflite":
             calibration = None
             if quantization in ("int8", "int16x8") and as_is is None:
-                calibration = _windows(ctx.corpus.train, p["calibration_windows"])[:, :-1]
+                calibration = ctx.feeds(
+                    _windows(ctx.corpus.train, p["calibration_windows"])[:, :-1]
+                )
             report = tflite.to_tflite(
                 model,
                 path,

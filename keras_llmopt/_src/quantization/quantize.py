@@ -199,7 +199,61 @@ def _annotations(model):
     }
 
 
-def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
+def default_annotations(model, annotated=None):
+    """The annotations ``quantize_model`` uses: every layer, explicit annotations kept.
+
+    Args:
+        model: The model whose layers are annotated (paths from its layer tree).
+        annotated: The model whose own :func:`quantize_annotate_layer` marks are kept
+            (default: ``model``).
+
+    Returns:
+        ``{path: annotation}`` for :func:`select_layers`.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
+        >>> sorted(default_annotations(model))
+        ['d', 'input_layer']
+    """
+    annotations = {node.path: _Annotation(None, False) for node in layer_tree.walk_layers(model)}
+    for path, annotation in _annotations(model if annotated is None else annotated).items():
+        if path in annotations:
+            annotations[path] = annotation
+    return annotations
+
+
+def select_layers(work, annotations, scheme, ignore=None, targets=None):
+    """The per-layer decision of ``quantize_apply`` / ``quantize_model``, nothing installed.
+
+    The one selection code: quantization itself and ``keras-llmopt inspect`` both ask it.
+
+    Args:
+        work: The model (its layer tree is read, nothing is changed).
+        annotations: ``{path: annotation}`` of the annotated layers (see
+            :func:`default_annotations`).
+        scheme: A :class:`QuantizeScheme` (or its name).
+        ignore: Layer path patterns left in float.
+        targets: Layer path patterns to quantize (``None``: every annotated layer).
+
+    Returns:
+        ``(chosen, skipped, used_targets)``: ``[(node, config, defaulted)]`` of the layers
+        to quantize, ``{path: reason}`` of layers with weights left in float, and the
+        ``targets`` patterns that matched a layer.
+
+    Raises:
+        ValueError: An explicitly annotated layer has weights and no known config.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d"),
+        ...                           keras.layers.Dense(2, name="e")])
+        >>> chosen, skipped, _ = select_layers(
+        ...     model, default_annotations(model), "default_8bit", ignore="e")
+        >>> [node.path for node, _, _ in chosen], skipped
+        (['d'], {'e': "ignored by pattern 'e' (matched `ignore`)"})
+    """
+    scheme = schemes_lib.get_scheme(scheme)
     ignore = targeting.as_patterns(ignore, "ignore")
     targets = targeting.as_patterns(targets, "targets")
     walked = list(layer_tree.walk_layers(work))
@@ -245,6 +299,14 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
             skipped[node.path] = "layer is not built"
             continue
         chosen.append((node, config, annotation.config is None))
+    return chosen, skipped, used_targets
+
+
+def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
+    ignore = targeting.as_patterns(ignore, "ignore")
+    targets = targeting.as_patterns(targets, "targets")
+    nodes = [node for node in layer_tree.walk_layers(work) if node.path in annotations]
+    chosen, skipped, used_targets = select_layers(work, annotations, scheme, ignore, targets)
     paths = [n.path for n in nodes if _own_weights(n.layer)]
     targeting.check_targets_used(targets, used_targets, work.name, paths)
     attention_prep.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
@@ -348,10 +410,7 @@ def quantize_model(
     scheme = schemes_lib.get_scheme(scheme)
     _check_model(to_quantize, "to_quantize")
     work = _working_copy(to_quantize)
-    annotations = {node.path: _Annotation(None, False) for node in layer_tree.walk_layers(work)}
-    for path, annotation in _annotations(to_quantize).items():
-        if path in annotations:
-            annotations[path] = annotation
+    annotations = default_annotations(work, to_quantize)
     return _finish(work, _apply(work, annotations, scheme, preserve_sparsity, ignore, targets))
 
 
