@@ -5,6 +5,7 @@ import pytest
 MODULES = [
     "keras_llmopt.techniques",
     "keras_llmopt._src.core.hooks",
+    "keras_llmopt._src.core.inline_ops",
     "keras_llmopt._src.core.keras_compat",
     "keras_llmopt._src.core.layer_state",
     "keras_llmopt._src.core.layer_tree",

@@ -8,6 +8,8 @@ MODULES = [
     "keras_llmopt._src.quantization.schemes",
     "keras_llmopt._src.quantization.layer_quantizers",
     "keras_llmopt._src.quantization.configs",
+    "keras_llmopt._src.quantization.config_base",
+    "keras_llmopt._src.quantization.consumer_inputs",
     "keras_llmopt._src.quantization.attention_prep",
     "keras_llmopt._src.quantization.state",
     "keras_llmopt._src.quantization.quantize",

@@ -13,6 +13,11 @@ One forward pass on a small sample batch, before anything is installed, records 
 layer call produced which tensor and which inline products each layer computes; the
 plan is written into the layers' configs (``quantize_input``, ``inline_ops``, saved
 with the model), so training, calibration and export all see the same placement.
+
+On JAX, KerasHub attention calls the fused ``keras.ops.dot_product_attention`` instead of
+its two einsums, so a plan made there has no inline attention products: quantize on
+TensorFlow for a full-integer export (the strict int8 export names the float
+BATCH_MATMULs otherwise).
 """
 
 import contextlib
