@@ -87,6 +87,9 @@ def _quantizes_something(layer, config):
         return True
     if list(config.get_output_quantizers(layer)):
         return True
+    for planned in ("get_input_quantizers", "get_inline_op_quantizers"):  # the placement plan
+        if getattr(config, planned, None) and getattr(config, planned)(layer):
+            return True
     return isinstance(config, configs.AttentionConfig) and bool(
         config.get_attention_quantizers(layer)
     )

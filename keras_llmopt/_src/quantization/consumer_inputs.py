@@ -119,7 +119,7 @@ def _output_quantized(layer, config, kwargs):
         return False
 
 
-def plan(model, chosen, scheme):
+def plan(model, chosen, scheme, plannable=None):
     """Plans input and inline-op ranges for the layers about to be quantized.
 
     Args:
@@ -127,6 +127,8 @@ def plan(model, chosen, scheme):
         chosen: ``[(node, config, is_default)]`` from the quantization selection; the
             configs of built-in types are updated in place.
         scheme: The ``QuantizeScheme``.
+        plannable: ``fn(path) -> bool``: whether a layer with no config may be
+            quantized for its inline products (``ignore`` / ``targets``; default: all).
 
     Returns:
         ``[(node, InlineOpsConfig)]`` for layers without a config of their own that
@@ -178,6 +180,8 @@ def plan(model, chosen, scheme):
         if config is not None and not isinstance(config, configs_lib._SchemeConfig):
             continue
         specs = [op.to_config() for op, _, _ in products]
+        if config is None and plannable is not None and not plannable(path):
+            continue
         if config is None:
             config = configs_lib.InlineOpsConfig(scheme, inline_ops=specs)
             node = next(n for n in layer_tree.walk_layers(model) if n.path == path)

@@ -227,6 +227,9 @@ def select_layers(work, annotations, scheme, ignore=None, targets=None):
     """The per-layer decision of ``quantize_apply`` / ``quantize_model``, nothing installed.
 
     The one selection code: quantization itself and ``keras-llmopt inspect`` both ask it.
+    It includes the placement plan (``consumer_inputs.plan``, one probing forward pass):
+    input ranges where a matmul's producer leaves its input in float, and the layers
+    with no config of their own that compute matmuls inline (KerasHub attention).
 
     Args:
         work: The model (its layer tree is read, nothing is changed).
@@ -299,6 +302,16 @@ def select_layers(work, annotations, scheme, ignore=None, targets=None):
             skipped[node.path] = "layer is not built"
             continue
         chosen.append((node, config, annotation.config is None))
+
+    def plannable(path):  # a layer with no config of its own, quantized for its inline ops
+        if path not in annotations or targeting.first_match(path, ignore):
+            return False
+        return not targets or bool(targeting.first_match(path, targets))
+
+    planned = consumer_inputs.plan(work, chosen, scheme, plannable)
+    chosen += [(node, config, True) for node, config in planned]
+    order = {node.path: i for i, node in enumerate(walked)}
+    chosen.sort(key=lambda item: order[item[0].path])
     return chosen, skipped, used_targets
 
 
@@ -310,7 +323,6 @@ def _apply(work, annotations, scheme, preserve_sparsity, ignore, targets=None):
     paths = [n.path for n in nodes if _own_weights(n.layer)]
     targeting.check_targets_used(targets, used_targets, work.name, paths)
     attention_prep.fold_query_scales([(node.layer, config, d) for node, config, d in chosen])
-    chosen += [(node, config, True) for node, config in consumer_inputs.plan(work, chosen, scheme)]
     quantized = []
     for node, config, _ in chosen:
         state = state_lib.install(node.layer, config, node.path, preserve_sparsity)
