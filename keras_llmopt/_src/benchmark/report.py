@@ -34,6 +34,7 @@ _FIELDS = (
     ("eval_set", None),
     ("artifact", None),
     ("seconds", None),
+    ("cpu_seconds", None),
     ("notes", None),
     ("error", None),
 )
