@@ -278,7 +278,7 @@ def _place_labels(ax, labels):
 
     for text, x, y in labels:
         annotation = None
-        for dx, dy in _OFFSETS:
+        for i, (dx, dy) in enumerate(_OFFSETS):
             candidate = ax.annotate(
                 text,
                 (x, y),
@@ -286,6 +286,8 @@ def _place_labels(ax, labels):
                 textcoords="offset points",
                 fontsize=7,
                 ha="left" if dx >= 0 else "right",
+                # Beyond the nearest ring, a leader line says which point a label names.
+                arrowprops=None if i < 8 else {"arrowstyle": "-", "color": "0.6", "lw": 0.5},
             )
             extent = candidate.get_window_extent(renderer)
             box = (extent.x0, extent.y0, extent.x1, extent.y1)

@@ -25,7 +25,9 @@ from keras_llmopt._src.reference.config import GPTConfig
 
 HELP = (
     "The whole workflow on the reference GPT (train or load, prune, QAT, strip, export, "
-    "verify) with the side-by-side table; writes --out (default ./keras_llmopt_report): "
+    "verify) with the side-by-side table, on a short budget (small: 300 training and 50 "
+    "fine-tune steps, 64 eval windows; --steps, --finetune_steps, --eval_windows override "
+    "it; fine-tunes are cached); writes --out (default ./keras_llmopt_report): "
     "report.md, benchmark.json, size_vs_bpb.png. --out=FILE.json writes the JSON there and "
     "the Markdown and plot beside it."
 )
