@@ -21,7 +21,7 @@ from absl import logging
 
 from keras_llmopt._src.cli import benchmark_cmd
 from keras_llmopt._src.cli import flags as cli_flags
-from keras_llmopt._src.reference.config import GPTConfig
+from keras_llmopt._src.reference.config import DEFAULT_TRAIN_STEPS, GPTConfig
 
 HELP = (
     "The whole workflow on the reference GPT (train or load, prune, QAT, strip, export, "
@@ -59,6 +59,11 @@ def run(argv):
     budget = DEMO_BUDGET.get(cli_flags.PRESET.value, {})
     logging.info("demo (%s): step 1/2, the reference model", config.name)
     model, corpus, how = benchmark_cmd.reference_model(steps=budget.get("steps"))
+    train_steps = (
+        cli_flags.STEPS.value
+        or budget.get("steps")
+        or DEFAULT_TRAIN_STEPS.get(cli_flags.PRESET.value, 1000)
+    )
     keep = bool(benchmark_cmd.KEEP_ARTIFACTS.value)
     artifacts = os.path.join(out_dir, "artifacts") if keep else tempfile.mkdtemp("_klo_demo")
     logging.info("demo (%s): step 2/2, optimize, export, verify and measure", config.name)
@@ -71,7 +76,8 @@ def run(argv):
             title=f"keras_llmopt demo ({config.name})",
             preamble=(
                 f"Reference GPT `{config.name}` ({model.count_params():,} parameters, "
-                f"trained: {how}), {benchmark_cmd.finetune_steps(budget.get('finetune_steps'))} "
+                f"{train_steps} training steps, trained: {how}), "
+                f"{benchmark_cmd.finetune_steps(budget.get('finetune_steps'))} "
                 "fine-tune steps per fine-tuned variant (each fine-tune is shared by the "
                 "exports built from it). The demo's short budget: `keras-llmopt benchmark` "
                 "trains and fine-tunes for longer."
