@@ -42,6 +42,40 @@ def test_demo_tiny_writes_the_full_report(trained_tiny, tmp_path):
     assert (out / "size_vs_bpb.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "artifacts").exists()  # temporary unless --keep_artifacts
     assert "klo_pruned50_sparse_tflite" in result.stdout and "demo (gpt_tiny)" in result.stdout
+    # The matched control: every fine-tuned row is compared with the dense fine-tune.
+    control = rows["dense_finetuned_fp32"]["bpb"]
+    for name in ("klo_pruned50_dynamic_int8", "klo_qat_int8", "klo_cluster16"):
+        row = rows[name]
+        assert row["finetuned"] is True
+        assert row["delta_bpb_vs_control"] == pytest.approx(row["bpb"] - control)
+    assert rows["tflite_dynamic_int8"]["delta_bpb_vs_control"] is None
+    assert len({r["eval_set"] for r in data["rows"] if r["bpb"] is not None}) == 1
+    assert rows["tflite_fp32"]["latency_iqr_pct_1t"] is not None
+    assert "size_KiB" in markdown and "delta_bpb_vs_control" in markdown
+
+
+@pytest.mark.slow
+def test_demo_shares_and_caches_the_fine_tunes(trained_tiny, tmp_path):
+    variants = "--benchmark_variants=klo_pruned50_dynamic_int8,klo_pruned50_sparse_tflite"
+    # Fine-tune steps no other test uses, so the first run finds nothing in the cache.
+    flags = [f for f in FAST if not f.startswith("--finetune_steps")] + ["--finetune_steps=3"]
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"report{i}"
+        result = _cli("demo", "--preset=tiny", f"--out={out}", variants, *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append((result, json.loads((out / "benchmark.json").read_text())))
+    (first, data), (second, again) = runs
+    # One pruning fine-tune for both pruned exports, plus the control, the first time...
+    assert first.stderr.count("benchmark: pruning fine-tune") == 1
+    assert first.stderr.count("benchmark: dense fine-tune (control)") == 1
+    # ... and none the second time: both come from the cache, with the same figures.
+    assert "fine-tune," not in second.stderr and "fine-tune (control)" not in second.stderr
+    assert second.stderr.count("loading the cached") == 2
+    names = [r["variant"] for r in again["rows"]]
+    assert names[-1] == "dense_finetuned_fp32"  # added as the fine-tuned rows' control
+    for old, new in zip(data["rows"], again["rows"]):
+        assert new["bpb"] == pytest.approx(old["bpb"], abs=1e-6), new["variant"]
 
 
 def test_benchmark_command_reduced(trained_tiny, tmp_path):

@@ -6,33 +6,62 @@ import re
 
 from keras_llmopt._src.reference.cache import atomic_path
 
-# Every field of a benchmark row, in order, and whether the report's table shows it (the
-# one definition of both the JSON rows and the table columns).
+# Every field of a benchmark row, in order, and its table header (``None``: not in the
+# table): the one definition of both the JSON rows and the table columns. Sizes are bytes
+# in the JSON and KiB (1024 bytes) in the table and the plot, and their headers say so.
 _FIELDS = (
-    ("variant", True),
-    ("runtime", True),
-    ("size_bytes", True),
-    ("size_ratio", True),
-    ("size_gzip_bytes", True),
-    ("bpb", True),
-    ("delta_bpb", True),
-    ("latency_ms_1t", True),
-    ("latency_ms_2t", True),
-    ("latency_ratio_1t", True),
-    ("latency_ratio_2t", True),
-    ("latency_ms_keras", True),
-    ("latency_ratio_keras", False),
-    ("verified", True),
-    ("top1_agreement", False),
-    ("xnnpack", False),
-    ("artifact", False),
-    ("seconds", False),
-    ("notes", False),
-    ("error", False),
+    ("variant", "variant"),
+    ("runtime", "runtime"),
+    ("size_bytes", "size_KiB"),
+    ("size_ratio", "size_ratio"),
+    ("size_gzip_bytes", "gzip_KiB"),
+    ("bpb", "bpb"),
+    ("delta_bpb", "delta_bpb"),
+    ("delta_bpb_vs_control", "delta_bpb_vs_control"),
+    ("latency_ms_1t", "ms_1t"),
+    ("latency_iqr_pct_1t", "iqr%_1t"),
+    ("latency_ms_2t", "ms_2t"),
+    ("latency_iqr_pct_2t", "iqr%_2t"),
+    ("latency_ratio_1t", "latency_ratio_1t"),
+    ("latency_ratio_2t", "latency_ratio_2t"),
+    ("latency_ms_keras", "ms_keras"),
+    ("latency_iqr_pct_keras", "iqr%_keras"),
+    ("latency_ratio_keras", None),
+    ("verified", "verified"),
+    ("finetuned", None),
+    ("top1_agreement", None),
+    ("xnnpack", None),
+    ("eval_set", None),
+    ("artifact", None),
+    ("seconds", None),
+    ("cpu_seconds", None),
+    ("notes", None),
+    ("error", None),
 )
 ROW_FIELDS = tuple(name for name, _ in _FIELDS)
-# The table's columns: the shown row fields, then the Pareto-front mark.
-TABLE_COLUMNS = tuple(name for name, shown in _FIELDS if shown) + ("pareto",)
+# The table's columns (row fields): the shown ones, then the Pareto-front mark.
+TABLE_COLUMNS = tuple(name for name, header in _FIELDS if header) + ("pareto",)
+TABLE_HEADERS = {**{name: header for name, header in _FIELDS if header}, "pareto": "pareto"}
+KIB = 1024
+# Rows drawn as anchors (other tools, references, the dense control) in the plot; every
+# other row (``klo_*`` and registered techniques' variants) is keras_llmopt's own.
+OURS_PREFIX = "klo_"
+
+
+def is_ours(variant):
+    """Whether a row is one of keras_llmopt's own variants (else an anchor / reference).
+
+    Ours: the built-in ``klo_*`` rows and every registered technique's variants; anchors:
+    the converter, Keras-native, ONNX Runtime, AI Edge Quantizer and tfmot rows, the
+    fp32 references and the dense fine-tuned control.
+
+    Example:
+        >>> is_ours("klo_qat_int8"), is_ours("aeq_dynamic_int8")
+        (True, False)
+    """
+    from keras_llmopt._src.core import registry
+
+    return variant.startswith(OURS_PREFIX) or variant in registry.benchmark_variants()
 
 
 def pareto_front(rows):
@@ -60,17 +89,24 @@ def pareto_front(rows):
 
 
 def format_value(value, key=""):
-    """A table cell: ratios and bpb with 3-4 decimals, sizes in KB, ``-`` for missing."""
+    """A table cell: ratios and bpb with 3-4 decimals, sizes in KiB, ``-`` for missing.
+
+    Example:
+        >>> format_value(2048, "size_bytes"), format_value(0.01234, "delta_bpb")
+        ('2.0', '+0.0123')
+    """
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if key in ("size_bytes", "size_gzip_bytes"):
-        return f"{value / 1024:,.1f} KB"
+        return f"{value / KIB:,.1f}"
     if isinstance(value, float):
         if key.startswith("latency_ms"):
             return f"{value:.3f}"
-        if key == "delta_bpb":
+        if key.startswith("latency_iqr_pct"):
+            return f"{value:.1f}"
+        if key.startswith("delta_bpb"):
             return f"{value:+.4f}"
         return f"{value:.4f}" if "bpb" in key else f"{value:.3f}"
     return str(value)
@@ -96,8 +132,9 @@ def print_table(rows, file=None):
         >>> print_table(result.rows)
     """
     cells = table_rows(rows)
-    widths = [max(len(c), *(len(r[c]) for r in cells)) for c in TABLE_COLUMNS]
-    print("  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths)), file=file)
+    headers = [TABLE_HEADERS[c] for c in TABLE_COLUMNS]
+    widths = [max(len(h), *(len(r[c]) for r in cells)) for c, h in zip(TABLE_COLUMNS, headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)), file=file)
     print("  ".join("-" * w for w in widths), file=file)
     for r in cells:
         print("  ".join(r[c].ljust(w) for c, w in zip(TABLE_COLUMNS, widths)), file=file)
@@ -113,16 +150,20 @@ def markdown(result, title="keras_llmopt benchmark", preamble=""):
         lines += [preamble, ""]
     lines += [
         "`size_ratio` and `latency_ratio_*` are against `tflite_fp32`; `delta_bpb` is against "
-        "the Keras fp32 model; every variant is measured on the same validation windows. "
-        "`size_gzip_bytes` shows what pruning and clustering buy once compressed. Latencies "
-        "are medians after warm-up (LiteRT with XNNPACK, ONNX Runtime; Keras-native variants "
-        "run in Keras: `latency_ms_keras`). Fine-tuned rows compare best with "
-        "`dense_finetuned_fp32` (same steps and data, no compression). `*` marks the size / "
-        "bits-per-byte Pareto front.",
+        "the Keras fp32 model; `delta_bpb_vs_control` (fine-tuned rows) is against "
+        "`dense_finetuned_fp32`, the dense model fine-tuned with the same steps and data. "
+        "Every row is measured on the same validation windows"
+        + (f" (`{result.settings['eval_set']}`)" if result.settings.get("eval_set") else "")
+        + ". Sizes are in KiB (1024 bytes); `gzip_KiB` shows what pruning and clustering buy "
+        "once compressed. Latencies (ms) were timed after every variant was built, in "
+        f"{result.settings.get('latency_repeats', '?')} interleaved rounds (each round runs "
+        "every artifact once, in a shuffled order): the median, and `iqr%` the interquartile "
+        "range in % of it (LiteRT with XNNPACK, ONNX Runtime; Keras-native variants run in "
+        "Keras: `ms_keras`). `*` marks the size / bits-per-byte Pareto front.",
         "",
         "![size vs bits per byte](size_vs_bpb.png)",
         "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "| " + " | ".join(TABLE_HEADERS[c] for c in TABLE_COLUMNS) + " |",
         "|" + "---|" * len(TABLE_COLUMNS),
     ]
     for cells in table_rows(result.rows):
@@ -147,7 +188,15 @@ def markdown(result, title="keras_llmopt benchmark", preamble=""):
 
 
 def plot(rows, path, title="size vs bits per byte"):
-    """Writes a PNG scatter of size (log scale) against bpb, the Pareto front marked.
+    """Writes a PNG scatter of size (KiB, log scale) against bpb, the Pareto front marked.
+
+    keras_llmopt's own variants and the anchors (other tools, references, the dense
+    control) are drawn with their own marker and colour, named in the legend; Pareto
+    front members get a black edge and the front a step line. Labels are placed so
+    they do not overlap each other or the points.
+
+    Returns:
+        The figure's axes (closed figure), e.g. to inspect the artists in tests.
 
     Example:
         >>> plot(result.rows, "report/size_vs_bpb.png")
@@ -159,44 +208,110 @@ def plot(rows, path, title="size vs bits per byte"):
 
     points = [r for r in rows if r.get("size_bytes") and r.get("bpb") is not None]
     front = pareto_front(rows)
-    fig, ax = plt.subplots(figsize=(9, 6))
-    for row in points:
-        on_front = row["variant"] in front
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    for ours, label, marker, color in (
+        (False, "anchors (other tools, references, dense control)", "s", "tab:gray"),
+        (True, "keras_llmopt", "o", "tab:blue"),
+    ):
+        group = [r for r in points if is_ours(r["variant"]) == ours]
+        if not group:
+            continue
         ax.scatter(
-            row["size_bytes"] / 1024,
-            row["bpb"],
-            s=60 if on_front else 30,
-            marker="*" if on_front else "o",
-            color="tab:red" if on_front else "tab:blue",
+            [r["size_bytes"] / KIB for r in group],
+            [r["bpb"] for r in group],
+            s=[70 if r["variant"] in front else 40 for r in group],
+            marker=marker,
+            color=color,
+            edgecolors=["black" if r["variant"] in front else color for r in group],
+            linewidths=1.2,
+            label=label,
             zorder=3,
-        )
-        ax.annotate(
-            row["variant"],
-            (row["size_bytes"] / 1024, row["bpb"]),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
+            gid="ours" if ours else "anchors",
         )
     by_name = {r["variant"]: r for r in points}
     if len(front) > 1:
         ax.step(
-            [by_name[v]["size_bytes"] / 1024 for v in front],
+            [by_name[v]["size_bytes"] / KIB for v in front],
             [by_name[v]["bpb"] for v in front],
             where="post",
             color="tab:red",
             alpha=0.5,
             label="Pareto front",
         )
-        ax.legend()
     ax.set_xscale("log")
-    ax.set_xlabel("size on disk (KB, log scale)")
+    ax.set_xlabel("size on disk (KiB = 1024 bytes, log scale)")
     ax.set_ylabel("validation bits per byte (lower is better)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    if points:
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
+    _place_labels(ax, [(r["variant"], r["size_bytes"] / KIB, r["bpb"]) for r in points])
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+    return ax
+
+
+# Label offsets tried in turn (points), nearest first.
+_OFFSETS = tuple(
+    (dx * r, dy * r)
+    for r in (1, 2, 3, 4.5, 6)
+    for dx, dy in ((5, 4), (5, -10), (-5, 4), (-5, -10), (0, 9), (0, -15), (9, -3), (-9, -3))
+)
+
+
+def _place_labels(ax, labels):
+    """Annotates each ``(text, x, y)`` where its box overlaps no other label or point."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_display = ax.transData.transform
+    markers = [to_display((x, y)) for _, x, y in labels]
+    marker_boxes = [(px - 4, py - 4, px + 4, py + 4) for px, py in markers]
+    placed = []
+    frame = ax.get_window_extent(renderer)
+
+    def free(box):
+        inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1]
+        inside = inside and box[3] <= frame.y1
+        return inside and not any(_overlap(box, other) for other in placed + marker_boxes)
+
+    for text, x, y in labels:
+        annotation = None
+        for i, (dx, dy) in enumerate(_OFFSETS):
+            candidate = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=7,
+                ha="left" if dx >= 0 else "right",
+                # Beyond the nearest ring, a leader line says which point a label names.
+                arrowprops=None if i < 8 else {"arrowstyle": "-", "color": "0.6", "lw": 0.5},
+            )
+            extent = candidate.get_window_extent(renderer)
+            box = (extent.x0, extent.y0, extent.x1, extent.y1)
+            if free(box):
+                annotation = candidate
+                break
+            candidate.remove()
+        if annotation is None:  # no free spot nearby: the farthest one, with a leader line
+            annotation = ax.annotate(
+                text,
+                (x, y),
+                xytext=_OFFSETS[-1],
+                textcoords="offset points",
+                fontsize=7,
+                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5},
+            )
+            extent = annotation.get_window_extent(renderer)
+            box = (extent.x0, extent.y0, extent.x1, extent.y1)
+        annotation.set_gid("label")
+        placed.append(box)
+
+
+def _overlap(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def write_report(

@@ -14,6 +14,9 @@ from keras_llmopt._src.benchmark.report import ROW_FIELDS, error_summary, write_
 DEFAULT_VARIANTS = tuple(variants_lib.VARIANTS)
 # The references of the ratio columns: always measured.
 REFERENCE_VARIANTS = ("keras_fp32", "tflite_fp32")
+# The matched control of fine-tuned rows (``delta_bpb_vs_control``): added to a run that
+# has a fine-tuned variant.
+CONTROL_VARIANT = "dense_finetuned_fp32"
 
 
 @dataclasses.dataclass
@@ -88,6 +91,12 @@ def _ratios(rows):
         row["size_ratio"] = ratio(row.get("size_bytes"), tflite_ref.get("size_bytes"))
         bpb, ref_bpb = row.get("bpb"), keras_ref.get("bpb")
         row["delta_bpb"] = bpb - ref_bpb if bpb is not None and ref_bpb is not None else None
+        control_bpb = by_name.get(CONTROL_VARIANT, {}).get("bpb")
+        row["delta_bpb_vs_control"] = (
+            bpb - control_bpb
+            if row.get("finetuned") and bpb is not None and control_bpb is not None
+            else None
+        )
         for n in ("1t", "2t"):
             row[f"latency_ratio_{n}"] = ratio(
                 row.get(f"latency_ms_{n}"), tflite_ref.get(f"latency_ms_{n}")
@@ -115,15 +124,22 @@ def run_benchmark(
     progress=True,
     artifacts_dir=None,
     write=True,
+    cache=True,
 ):
     """Builds and measures every variant of a trained reference GPT; writes benchmark.json.
 
-    Every variant is evaluated on the same validation windows. Ratios: ``size_ratio``
-    and ``latency_ratio_*`` against ``tflite_fp32``; ``delta_bpb`` against the Keras
-    fp32 model (``keras_fp32``); both references are always measured. Latencies are
-    medians of ``latency_repeats`` passes after ``latency_warmup`` (LiteRT with XNNPACK,
-    or ONNX Runtime, at 1 and 2 threads; Keras-native variants in Keras). A variant that
-    fails keeps its row, with ``error`` set.
+    Every variant is evaluated on the same validation windows (checked: each row records
+    its ``eval_set``). Ratios: ``size_ratio`` and ``latency_ratio_*`` against
+    ``tflite_fp32``; ``delta_bpb`` against the Keras fp32 model (``keras_fp32``); both
+    references are always measured. Fine-tuned rows also get ``delta_bpb_vs_control``,
+    against ``dense_finetuned_fp32`` (the dense model fine-tuned with the same steps and
+    data, added when a fine-tuned variant runs). Latencies are timed after every variant
+    is built, all together in ``latency_repeats`` interleaved rounds (each round runs
+    every artifact once, in an order shuffled with ``seed``) after ``latency_warmup``
+    passes: LiteRT with XNNPACK or ONNX Runtime at 1 and 2 threads, Keras-native
+    variants in Keras. Each latency is the median of its rounds, with its interquartile
+    range in % (``latency_iqr_pct_*``). A variant that fails keeps its row, with
+    ``error`` set.
 
     Args:
         model: The trained Keras fp32 reference GPT (not modified).
@@ -134,7 +150,7 @@ def run_benchmark(
         eval_windows: Validation windows for bits per byte.
         finetune_steps: Fine-tune steps of the pruning, QAT and clustering variants.
         latency_warmup: Untimed passes before timing.
-        latency_repeats: Timed passes (median).
+        latency_repeats: Timed rounds (median and interquartile range reported).
         calibration_windows: Training windows for post-training int8 calibration.
         verify_windows: Validation windows each export is verified on.
         seed: Seed of the fine-tuning data order.
@@ -143,6 +159,8 @@ def run_benchmark(
         progress: Show a progress bar over the variants.
         artifacts_dir: Folder for the artifacts (default ``out_dir/artifacts``).
         write: Write ``out_dir/benchmark.json`` (the CLI writes a fuller report itself).
+        cache: Reuse fine-tuned models cached by an earlier run with the same model,
+            steps, seed and corpus (``$KERAS_LLMOPT_CACHE/finetunes``), and cache new ones.
 
     Returns:
         A :class:`BenchmarkResult`; ``out_dir/benchmark.json`` holds the same data.
@@ -183,6 +201,7 @@ def run_benchmark(
         verify_windows=verify_windows,
         seed=seed,
         verbose=verbose,
+        cache=cache,
     )
     settings = {
         "sequence_length": config.sequence_length,
@@ -196,12 +215,25 @@ def run_benchmark(
         **(extra_settings or {}),
     }
     bar = keras.utils.Progbar(len(names), unit_name="variant") if progress else None
-    rows = []
+    rows, builts = [], {}
     for i, name in enumerate(names):
         logging.info("benchmark [%d/%d]: %s", i + 1, len(names), name)
-        rows.append(_run_one(name, ctx, eval_windows, latency_warmup, latency_repeats))
+        row, built = _run_one(name, ctx, eval_windows)
+        rows.append(row)
+        builts[name] = built
         if bar is not None:
             bar.update(i + 1)
+        if row.get("finetuned") and CONTROL_VARIANT not in names and name != CONTROL_VARIANT:
+            if CONTROL_VARIANT in variants_lib.VARIANTS:
+                names.append(CONTROL_VARIANT)  # the matched control of the fine-tuned rows
+                settings["variants"] = list(names)
+                if bar is not None:
+                    bar.target = len(names)
+    settings["eval_set"] = _check_eval_set(rows)
+    start, cpu = time.time(), time.process_time()
+    _time_latencies(rows, builts, ctx, latency_warmup, latency_repeats, seed)
+    settings["latency_seconds"] = time.time() - start
+    settings["latency_cpu_seconds"] = time.process_time() - cpu
     _ratios(rows)
     rows = [{k: row.get(k) for k in ROW_FIELDS} for row in rows]
     result = BenchmarkResult(
@@ -215,20 +247,55 @@ def run_benchmark(
     return result
 
 
-def _run_one(name, ctx, eval_windows, warmup, repeats):
-    start = time.time()
-    row = {"variant": name}
+def _run_one(name, ctx, eval_windows):
+    start, cpu = time.time(), time.process_time()
+    row, built = {"variant": name}, None
+    ctx.used_finetune = False
     try:
         built = variants_lib.VARIANTS[name](ctx)
-        row.update(
-            measure.measure(built, ctx.corpus, eval_windows, ctx.sequence_length, warmup, repeats)
-        )
+        built.finetuned = bool(built.finetuned or ctx.used_finetune)
+        row.update(measure.measure(built, ctx.corpus, eval_windows))
     except Exception as error:  # the row stays, with the reason, instead of disappearing
         message = f"{type(error).__name__}: {error}".strip()
         logging.warning("benchmark: %s failed: %s", name, error_summary(message))
         row["error"] = message[:2000]
+        built = None
     row["seconds"] = time.time() - start
-    return row
+    row["cpu_seconds"] = time.process_time() - cpu  # steadier than wall time when shared
+    return row, built
+
+
+def _check_eval_set(rows):
+    """The one evaluation set of every measured row (an error if rows disagree)."""
+    sets = {row["eval_set"] for row in rows if row.get("eval_set")}
+    if len(sets) > 1:
+        by_set = {s: [r["variant"] for r in rows if r.get("eval_set") == s] for s in sets}
+        raise RuntimeError(
+            f"run_benchmark: the rows were evaluated on different validation windows: {by_set}"
+        )
+    return next(iter(sets), None)
+
+
+def _time_latencies(rows, builts, ctx, warmup, repeats, seed):
+    """Every built variant's latencies, timed together in interleaved rounds."""
+    functions = {}
+    for row in rows:
+        built = builts.get(row["variant"])
+        if built is None:
+            continue
+        try:
+            for field, fn in measure.latency_functions(built, ctx.sequence_length).items():
+                functions[(row["variant"], field)] = fn
+        except Exception as error:  # measured rows keep their other figures
+            row["notes"] = [*row.get("notes", []), f"latency not measured: {error}"]
+    logging.info(
+        "benchmark: timing %d runtime settings in %d interleaved rounds", len(functions), repeats
+    )
+    stats = measure.interleaved_latencies(functions, repeats, warmup=warmup, seed=seed)
+    by_name = {row["variant"]: row for row in rows}
+    for (variant, field), stat in stats.items():
+        by_name[variant][field] = stat["median"]
+        by_name[variant][field.replace("latency_ms_", "latency_iqr_pct_")] = stat["iqr_pct"]
 
 
 def _config_of(model):

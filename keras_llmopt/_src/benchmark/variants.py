@@ -3,138 +3,20 @@
 A builder takes the :class:`BenchmarkContext` and returns a :class:`Built`: an artifact
 file to run in LiteRT / ONNX Runtime, or a Keras model to run in Keras. Intermediate
 results several variants share (the fp32 TFLite and ONNX files, the pruned fine-tune)
-are built once per run through ``context.shared``.
+are built once per run through ``context.shared``; fine-tuned models are also cached on
+disk across runs (``context.finetuned_model``), so a second run only exports and measures.
 """
 
 import copy
-import dataclasses
+import json
 import os
 import warnings
 
-import numpy as np
 from absl import logging
 
+from keras_llmopt._src.benchmark.context import BenchmarkContext, Built, _tflite  # noqa: F401
 from keras_llmopt._src.core import registry
 from keras_llmopt._src.sparsity.technique import pruning_schedule
-
-
-@dataclasses.dataclass
-class Built:
-    """One built variant, ready to measure.
-
-    Attributes:
-        path: Artifact file (``.tflite``/``.onnx``), or ``None`` for a Keras model.
-        model: The Keras model for Keras-run variants.
-        size_bytes: Bytes on disk (for a Keras model: its saved ``.keras`` file).
-        verification: The export's ``VerificationReport`` (``None`` if not verified).
-        notes: What was done or worked around, in words.
-    """
-
-    path: str | None = None
-    model: object = None
-    size_bytes: int | None = None
-    verification: object = None
-    notes: tuple = ()
-
-
-@dataclasses.dataclass
-class BenchmarkContext:
-    """Everything the builders share for one benchmark run.
-
-    Attributes:
-        model: The trained Keras fp32 reference model (never modified).
-        config: Its ``GPTConfig``.
-        corpus: The corpus (validation windows for verification, train for tuning).
-        work_dir: Folder the artifacts are written to.
-        finetune_steps: Fine-tuning steps of the pruning / QAT / clustering variants.
-        calibration_windows: Training windows used for post-training calibration.
-        verify_windows: Validation windows every export is verified on.
-        seed: Seed of the fine-tuning data order.
-        verbose: Keras ``fit`` verbosity while fine-tuning.
-    """
-
-    model: object
-    config: object
-    corpus: object
-    work_dir: str
-    finetune_steps: int = 300
-    calibration_windows: int = 64
-    verify_windows: int = 16
-    seed: int = 0
-    verbose: object = "auto"
-    _memo: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def sequence_length(self):
-        """Fixed sequence length of every artifact."""
-        return self.config.sequence_length
-
-    def path(self, name):
-        """Path of a file inside the work folder."""
-        return os.path.join(self.work_dir, name)
-
-    def shared(self, key, build):
-        """``build()`` once per run (its error too, re-raised for every later caller)."""
-        if key not in self._memo:
-            try:
-                self._memo[key] = (build(), None)
-            except Exception as error:  # recorded so each dependent row reports it
-                self._memo[key] = (None, error)
-        value, error = self._memo[key]
-        if error is not None:
-            raise RuntimeError(f"{key} failed: {type(error).__name__}: {error}") from error
-        return value
-
-    def export_tflite(self, model, name, **kwargs):
-        """A verified ``<name>.tflite`` of ``model`` in the work folder, as a :class:`Built`.
-
-        Keyword arguments go to ``keras_llmopt.export.to_tflite`` (``quantization=``, ...).
-        """
-        return _tflite(self, model, name, **kwargs)
-
-    def verification_data(self):
-        """``(inputs, targets)`` validation windows every export is verified on."""
-        windows = _spread(self.corpus.validation, self.verify_windows)
-        return windows[:, :-1], windows[:, 1:]
-
-    def calibration_data(self):
-        """Training token windows for post-training calibration."""
-        return _spread(self.corpus.train, self.calibration_windows)[:, :-1]
-
-    def train(self, model, learning_rate, callbacks=None, compile=True):
-        """Fine-tunes ``model`` for ``finetune_steps`` on the corpus."""
-        from keras_llmopt._src.reference.training import train
-
-        return train(
-            model,
-            self.corpus,
-            self.finetune_steps,
-            learning_rate=learning_rate,
-            seed=self.seed,
-            callbacks=callbacks,
-            verbose=self.verbose,
-            compile=compile,
-        )
-
-
-def _spread(windows, count):
-    index = np.linspace(0, len(windows) - 1, min(count, len(windows))).round().astype(int)
-    return np.asarray(windows[index]).astype(np.int32)
-
-
-def _tflite(ctx, model, name, **kwargs):
-    from keras_llmopt._src.export import tflite
-
-    kwargs.setdefault("verification_data", ctx.verification_data())
-    report = tflite.to_tflite(
-        model, ctx.path(f"{name}.tflite"), sequence_length=ctx.sequence_length, **kwargs
-    )
-    return Built(
-        path=report.path,
-        size_bytes=report.size_bytes,
-        verification=report.verification,
-        notes=report.notes,
-    )
 
 
 def _keras_size(ctx, model, name):
@@ -284,52 +166,68 @@ def _twin(ctx):
 
 
 def _tfmot_pruned(ctx, name, whole_model):
-    import tensorflow_model_optimization as tfmot
-    import tf_keras
-
-    from keras_llmopt._src.benchmark.twin import tflite_bytes
-    from keras_llmopt._src.reference.training import make_batches
-
-    prune = tfmot.sparsity.keras
-    ours = pruning_schedule(ctx.finetune_steps, 0.5)
-    schedule = prune.PolynomialDecay(0.0, 0.5, 0, ours.end_step, frequency=ours.frequency)
-    twin = _twin(ctx)
-    if whole_model:
-        pruned = prune.prune_low_magnitude(twin, pruning_schedule=schedule)
-    else:
-
-        def wrap(layer):
-            if isinstance(layer, tf_keras.layers.Dense) and "mlp" in layer.name:
-                return prune.prune_low_magnitude(layer, pruning_schedule=schedule)
-            return layer
-
-        # The clone reuses the twin's (trained) layers, wrapped where tfmot prunes.
-        pruned = tf_keras.models.clone_model(twin, clone_function=wrap)
-    pruned.compile(
-        optimizer=tf_keras.optimizers.Adam(5e-4, clipnorm=1.0),
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    x, y = make_batches(ctx.corpus.train, 16, ctx.finetune_steps, seed=ctx.seed)
-    logging.info("benchmark: tfmot pruning fine-tune, %d steps", ctx.finetune_steps)
-    pruned.fit(
-        x,
-        y,
-        batch_size=16,
-        epochs=1,
-        shuffle=False,
-        verbose=ctx.verbose,
-        callbacks=[prune.UpdatePruningStep()],
-    )
-    stripped = prune.strip_pruning(pruned)
-    wrapped = [layer.name for layer in pruned.layers if type(layer).__name__ == "PruneLowMagnitude"]
     path = ctx.path(f"{name}.tflite")
+    data, wrapped = _tfmot_pruned_bytes(ctx, name, whole_model)
     with open(path, "wb") as handle:
-        handle.write(tflite_bytes(stripped, ctx.sequence_length, "dynamic_int8"))
+        handle.write(data)
     return Built(
         path=path,
         size_bytes=os.path.getsize(path),
         notes=(f"tfmot pruned {len(wrapped)} tf_keras twin layers: {wrapped}",),
+        finetuned=True,
     )
+
+
+def _tfmot_pruned_bytes(ctx, name, whole_model):
+    """The tfmot-pruned twin's dynamic-int8 ``.tflite`` bytes and its wrapped layers."""
+
+    def build():
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+
+        from keras_llmopt._src.benchmark.twin import tflite_bytes
+        from keras_llmopt._src.reference.training import make_batches
+
+        prune = tfmot.sparsity.keras
+        ours = pruning_schedule(ctx.finetune_steps, 0.5)
+        schedule = prune.PolynomialDecay(0.0, 0.5, 0, ours.end_step, frequency=ours.frequency)
+        twin = _twin(ctx)
+        if whole_model:
+            pruned = prune.prune_low_magnitude(twin, pruning_schedule=schedule)
+        else:
+
+            def wrap(layer):
+                if isinstance(layer, tf_keras.layers.Dense) and "mlp" in layer.name:
+                    return prune.prune_low_magnitude(layer, pruning_schedule=schedule)
+                return layer
+
+            # The clone reuses the twin's (trained) layers, wrapped where tfmot prunes.
+            pruned = tf_keras.models.clone_model(twin, clone_function=wrap)
+        pruned.compile(
+            optimizer=tf_keras.optimizers.Adam(5e-4, clipnorm=1.0),
+            loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        x, y = make_batches(ctx.corpus.train, 16, ctx.finetune_steps, seed=ctx.seed)
+        logging.info("benchmark: tfmot pruning fine-tune, %d steps", ctx.finetune_steps)
+        pruned.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=1,
+            shuffle=False,
+            verbose=ctx.verbose,
+            callbacks=[prune.UpdatePruningStep()],
+        )
+        stripped = prune.strip_pruning(pruned)
+        wrapped = [
+            layer.name for layer in pruned.layers if type(layer).__name__ == "PruneLowMagnitude"
+        ]
+        data = tflite_bytes(stripped, ctx.sequence_length, "dynamic_int8")
+        return json.dumps(wrapped).encode() + b"\n" + data
+
+    blob = ctx.finetuned_bytes(name, build, 5e-4)
+    header, data = blob.split(b"\n", 1)
+    return data, json.loads(header)
 
 
 def tfmot_pruned50_dynamic_int8(ctx):
@@ -354,22 +252,24 @@ def tfmot_qat_int8(ctx):
     from keras_llmopt._src.benchmark.twin import tflite_bytes
     from keras_llmopt._src.reference.training import make_batches
 
-    twin = _twin(ctx)
-    # quantize_model round-trips the model through its config; the twin's only Lambda
-    # (positions) is ours, so loading it is safe.
-    with SafeModeScope(False):
-        qat = tfmot.quantization.keras.quantize_model(twin)
-    qat.compile(
-        optimizer=tf_keras.optimizers.Adam(1e-4, clipnorm=1.0),
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    x, y = make_batches(ctx.corpus.train, 16, ctx.finetune_steps, seed=ctx.seed)
-    qat.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=ctx.verbose)
+    def build():
+        twin = _twin(ctx)
+        # quantize_model round-trips the model through its config; the twin's only Lambda
+        # (positions) is ours, so loading it is safe.
+        with SafeModeScope(False):
+            qat = tfmot.quantization.keras.quantize_model(twin)
+        qat.compile(
+            optimizer=tf_keras.optimizers.Adam(1e-4, clipnorm=1.0),
+            loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        x, y = make_batches(ctx.corpus.train, 16, ctx.finetune_steps, seed=ctx.seed)
+        qat.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=ctx.verbose)
+        return tflite_bytes(qat, ctx.sequence_length, "dynamic_int8")
 
     path = ctx.path("tfmot_qat_int8.tflite")
     with open(path, "wb") as handle:
-        handle.write(tflite_bytes(qat, ctx.sequence_length, "dynamic_int8"))
-    return Built(path=path, size_bytes=os.path.getsize(path))
+        handle.write(ctx.finetuned_bytes("tfmot_qat", build, 1e-4))
+    return Built(path=path, size_bytes=os.path.getsize(path), finetuned=True)
 
 
 # --- ours ----------------------------------------------------------------------------
@@ -388,7 +288,7 @@ def pruned50_shared(ctx):
         ctx.train(pruned, 5e-4, callbacks=[sparsity_callbacks.UpdatePruningStep()])
         return strip.strip_pruning(pruned)
 
-    return ctx.shared("klo_pruned50", build)
+    return ctx.finetuned_model("klo_pruned50", build, 5e-4)
 
 
 def dense_finetuned_fp32(ctx):
@@ -398,29 +298,44 @@ def dense_finetuned_fp32(ctx):
     compare ``klo_pruned50_*`` / ``tfmot_pruned50_*`` with this row, not only with
     ``keras_fp32``.
     """
-    from keras_llmopt._src.core.model_copy import copy_model
+    return _finetuned_export(ctx, dense_finetuned_shared(ctx), "dense_finetuned_fp32")
 
-    dense = copy_model(ctx.model, "the dense fine-tune")
-    logging.info("benchmark: dense fine-tune (control), %d steps", ctx.finetune_steps)
-    ctx.train(dense, 5e-4)
-    return _tflite(ctx, dense, "dense_finetuned_fp32")
+
+def dense_finetuned_shared(ctx):
+    """The dense fine-tune of the control row (built once, cached)."""
+
+    def build():
+        from keras_llmopt._src.core.model_copy import copy_model
+
+        dense = copy_model(ctx.model, "the dense fine-tune")
+        logging.info("benchmark: dense fine-tune (control), %d steps", ctx.finetune_steps)
+        ctx.train(dense, 5e-4)
+        return dense
+
+    return ctx.finetuned_model("dense_finetuned", build, 5e-4)
+
+
+def _finetuned_export(ctx, model, name, **kwargs):
+    built = _tflite(ctx, model, name, **kwargs)
+    built.finetuned = True
+    return built
 
 
 def klo_pruned50_sparse_tflite(ctx):
     """50% pruned, fp32 TFLite in the sparse encoding."""
-    return _tflite(ctx, pruned50_shared(ctx), "klo_pruned50_sparse_tflite", sparse=True)
+    return _finetuned_export(ctx, pruned50_shared(ctx), "klo_pruned50_sparse_tflite", sparse=True)
 
 
 def klo_pruned50_dynamic_int8(ctx):
     """50% pruned, dynamic-range int8 TFLite."""
-    return _tflite(
+    return _finetuned_export(
         ctx, pruned50_shared(ctx), "klo_pruned50_dynamic_int8", quantization="dynamic_int8"
     )
 
 
 def klo_pruned50_sparse_dynamic_int8(ctx):
     """50% pruned, dynamic-range int8 weights stored in the sparse encoding."""
-    return _tflite(
+    return _finetuned_export(
         ctx,
         pruned50_shared(ctx),
         "klo_pruned50_sparse_dynamic_int8",
@@ -429,24 +344,38 @@ def klo_pruned50_sparse_dynamic_int8(ctx):
     )
 
 
+def qat_shared(ctx):
+    """The quantization-aware fine-tune (built once, cached), for every export of it."""
+
+    def build():
+        from keras_llmopt._src.quantization import quantize
+
+        qat = quantize.quantize_model(ctx.model)
+        logging.info("benchmark: quantization-aware fine-tune, %d steps", ctx.finetune_steps)
+        ctx.train(qat, 1e-4)
+        return qat
+
+    return ctx.finetuned_model("klo_qat", build, 1e-4)
+
+
 def klo_qat_int8(ctx):
     """Quantization-aware fine-tune (keras_llmopt.quantization), full-integer TFLite."""
-    from keras_llmopt._src.quantization import quantize
-
-    qat = quantize.quantize_model(ctx.model)
-    logging.info("benchmark: quantization-aware fine-tune, %d steps", ctx.finetune_steps)
-    ctx.train(qat, 1e-4)
-    return _tflite(ctx, qat, "klo_qat_int8", quantization="int8")
+    return _finetuned_export(ctx, qat_shared(ctx), "klo_qat_int8", quantization="int8")
 
 
 def klo_cluster16(ctx):
     """16-cluster k-means weights (keras_llmopt.clustering), fine-tuned, stripped."""
-    from keras_llmopt._src.clustering import cluster as clustering
 
-    clustered = clustering.cluster_weights(ctx.model, 16)
-    logging.info("benchmark: clustering fine-tune, %d steps", ctx.finetune_steps)
-    ctx.train(clustered, 1e-4)
-    return _tflite(ctx, clustering.strip_clustering(clustered), "klo_cluster16")
+    def build():
+        from keras_llmopt._src.clustering import cluster as clustering
+
+        clustered = clustering.cluster_weights(ctx.model, 16)
+        logging.info("benchmark: clustering fine-tune, %d steps", ctx.finetune_steps)
+        ctx.train(clustered, 1e-4)
+        return clustering.strip_clustering(clustered)
+
+    clustered = ctx.finetuned_model("klo_cluster16", build, 1e-4)
+    return _finetuned_export(ctx, clustered, "klo_cluster16")
 
 
 # name -> builder; the order is the table's order.

@@ -59,8 +59,11 @@ KEEP_ARTIFACTS = flags.DEFINE_bool(
 )
 
 
-def reference_model(preset=None, model_path=None):
+def reference_model(preset=None, model_path=None, steps=None):
     """The model to benchmark (--model, or the cached trained --preset) and its corpus.
+
+    ``steps`` (training steps) is used when --steps is unset (default: the preset's
+    budget).
 
     Returns:
         ``(model, corpus, how)`` where ``how`` is "loaded", "cached" or "now".
@@ -79,16 +82,18 @@ def reference_model(preset=None, model_path=None):
     preset = preset or cli_flags.PRESET.value
     config = GPTConfig.preset(preset)
     corpus = common.corpus_for(config.sequence_length)
-    steps, seed = cli_flags.STEPS.value, cli_flags.SEED.value
+    steps, seed = cli_flags.STEPS.value or steps, cli_flags.SEED.value
     cached = trained_model_path(preset, steps, seed, corpus).exists()
     logging.info("%s the reference %s GPT", "Loading" if cached else "Training", preset)
     model = trained_model(preset, steps=steps, seed=seed, corpus=corpus)
     return model, corpus, "cached" if cached else "now"
 
 
-def finetune_steps():
-    """--finetune_steps, or the preset's default."""
-    return FINETUNE_STEPS.value or DEFAULT_FINETUNE_STEPS.get(cli_flags.PRESET.value, 300)
+def finetune_steps(default=None):
+    """--finetune_steps, else ``default``, else the preset's default."""
+    return (
+        FINETUNE_STEPS.value or default or DEFAULT_FINETUNE_STEPS.get(cli_flags.PRESET.value, 300)
+    )
 
 
 def run_and_report(
@@ -102,8 +107,14 @@ def run_and_report(
     trained=None,
     extra=None,
     keep_paths=True,
+    finetune_steps_default=None,
+    eval_windows=None,
 ):
-    """Runs the benchmark, prints the table, writes the report; returns the result."""
+    """Runs the benchmark, prints the table, writes the report; returns the result.
+
+    ``finetune_steps_default`` and ``eval_windows`` replace the benchmark's defaults
+    when --finetune_steps / --eval_windows are not given (the demo's shorter budget).
+    """
     from keras_llmopt._src.benchmark import report
     from keras_llmopt._src.benchmark.run import run_benchmark
 
@@ -113,8 +124,12 @@ def run_and_report(
         corpus,
         out_dir,
         variants=VARIANTS.value,
-        eval_windows=cli_flags.EVAL_WINDOWS.value,
-        finetune_steps=finetune_steps(),
+        eval_windows=(
+            eval_windows
+            if eval_windows is not None and not flags.FLAGS["eval_windows"].present
+            else cli_flags.EVAL_WINDOWS.value
+        ),
+        finetune_steps=finetune_steps(finetune_steps_default),
         latency_warmup=LATENCY_WARMUP.value,
         latency_repeats=LATENCY_REPEATS.value,
         seed=cli_flags.SEED.value,
