@@ -184,7 +184,14 @@ def _require_integer(counts, activations, mode):
 
 
 def pruned_model(ctx):
-    """The row's model pruned to 50% (two fit steps), still carrying its masks."""
+    """The row's model pruned to 50% (two fit steps), still carrying its masks.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> pruned_model(ctx).pruning_report.selected_paths
+        ['hidden_1', 'hidden_2']
+    """
 
     def build():
         from keras_llmopt._src.sparsity import callbacks, prune, schedules
@@ -198,7 +205,14 @@ def pruned_model(ctx):
 
 
 def qat_model(ctx, scheme="default_8bit"):
-    """The row's quantization-aware copy, calibrated (minmax) on 8 random rows."""
+    """The row's quantization-aware copy, calibrated (minmax) on 8 random rows.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> qat_model(ctx).quantize_report.scheme
+        'default_8bit'
+    """
 
     def build():
         from keras_llmopt._src.quantization import calibrate, quantize
@@ -211,7 +225,15 @@ def qat_model(ctx, scheme="default_8bit"):
 
 
 def prune_strip(ctx):
-    """50% magnitude pruning, stripped, fp32 ``.tflite`` in the sparse encoding."""
+    """50% magnitude pruning, stripped, fp32 ``.tflite`` in the sparse encoding.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> text, figures = prune_strip(ctx)
+        >>> text.startswith("ok"), text.endswith("50%sp")
+        (True, True)
+    """
     from keras_llmopt._src.sparsity import report as sparsity_report
     from keras_llmopt._src.sparsity import strip
 
@@ -233,7 +255,15 @@ def prune_strip(ctx):
 
 
 def qat_int8(ctx):
-    """Quantization-aware (calibrated) model to a full-integer int8 ``.tflite``."""
+    """Quantization-aware (calibrated) model to a full-integer int8 ``.tflite``.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> text, figures = qat_int8(ctx)
+        >>> text.startswith("ok"), text.endswith("int8")
+        (True, True)
+    """
     report = ctx.to_tflite(qat_model(ctx), "qat_int8", quantization="int8")
     _check_verified(report, "to_tflite(int8) of a QAT model")
     _require_integer(outcomes.matmul_inputs(report.summary), "int8", "int8")
@@ -241,7 +271,15 @@ def qat_int8(ctx):
 
 
 def ptq_int8(ctx):
-    """The float model, calibrated by the converter on 16 rows, to full-integer int8."""
+    """The float model, calibrated by the converter on 16 rows, to full-integer int8.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> text, figures = ptq_int8(ctx)
+        >>> text.startswith("ok"), text.endswith("int8")
+        (True, True)
+    """
     data = ctx.sample(16, seed=3)
     report = ctx.to_tflite(ctx.model, "ptq_int8", quantization="int8", representative_dataset=data)
     _check_verified(report, "to_tflite(int8, representative_dataset=...)")
@@ -250,7 +288,15 @@ def ptq_int8(ctx):
 
 
 def int16x8(ctx):
-    """Calibrated post-training 16-bit activations, 8-bit weights."""
+    """Calibrated post-training 16-bit activations, 8-bit weights.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> text, figures = int16x8(ctx)
+        >>> text.startswith("ok"), text.endswith("16x8")
+        (True, True)
+    """
     data = ctx.sample(16, seed=3)
     report = ctx.to_tflite(
         ctx.model, "int16x8", quantization="int16x8", representative_dataset=data
@@ -261,13 +307,29 @@ def int16x8(ctx):
 
 
 def dynamic_int8(ctx):
-    """Dynamic-range int8: int8 weights, activations quantized on the fly."""
+    """Dynamic-range int8: int8 weights, activations quantized on the fly.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> text, figures = dynamic_int8(ctx)
+        >>> text.startswith("ok"), text.endswith("w-int")
+        (True, True)
+    """
     report = ctx.to_tflite(ctx.model, "dynamic_int8", quantization="dynamic_int8")
     return _measured(ctx, report, "dynamic int8", label=_check_weights(report, "dynamic_int8"))
 
 
 def int4(ctx):
-    """Int4 weights (AI Edge Quantizer on the fp32 file)."""
+    """Int4 weights (AI Edge Quantizer on the fp32 file).
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> text, figures = int4(ctx)
+        >>> text.startswith("ok"), text.endswith("w-int")
+        (True, True)
+    """
     report = ctx.to_tflite(ctx.model, "int4", quantization="int4")
     return _measured(ctx, report, "int4", label=_check_weights(report, "int4"))
 
@@ -292,7 +354,15 @@ def _check_weights(report, mode):
 
 
 def cluster(ctx):
-    """16-cluster k-means weights, stripped, fp32 ``.tflite``; at most 16 values per kernel."""
+    """16-cluster k-means weights, stripped, fp32 ``.tflite``; at most 16 values per kernel.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> text, figures = cluster(ctx)
+        >>> text.startswith("ok"), text.endswith("v")
+        (True, True)
+    """
     from keras_llmopt._src.clustering import cluster as clustering
     from keras_llmopt._src.core.layer_tree import walk_layers
 
@@ -315,7 +385,14 @@ def cluster(ctx):
 
 
 def onnx(ctx):
-    """``export.to_onnx``, verified in ONNX Runtime."""
+    """``export.to_onnx``, verified in ONNX Runtime.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> onnx(ctx)[1]["top1"]
+        1.0
+    """
     from keras_llmopt._src.export.onnx_export import to_onnx
 
     report = to_onnx(
@@ -325,7 +402,14 @@ def onnx(ctx):
 
 
 def saved_model(ctx):
-    """``export.to_saved_model``, verified in TensorFlow."""
+    """``export.to_saved_model``, verified in TensorFlow.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> saved_model(ctx)[0].startswith("ok")
+        True
+    """
     from keras_llmopt._src.export.saved_model import to_saved_model
 
     report = to_saved_model(
@@ -335,7 +419,14 @@ def saved_model(ctx):
 
 
 def save_load(ctx):
-    """``.keras`` round trip of the pruned and of the QAT model: outputs must be equal."""
+    """``.keras`` round trip of the pruned and of the QAT model: outputs must be equal.
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> ctx = RowContext(sequential_lm(), "out")
+        >>> save_load(ctx)[0]
+        'ok pruned+qat equal'
+    """
     x = ctx.sample(2, seed=4)
     worst = {}
     classes = {type(ctx.model).__name__: type(ctx.model)}

@@ -261,14 +261,24 @@ SKIPPED = {
 
 
 def reference_gpt():
-    """The package's reference GPT (``reference.build_gpt("tiny")``)."""
+    """The package's reference GPT (``reference.build_gpt("tiny")``).
+
+    Example:
+        >>> reference_gpt().name
+        'gpt_tiny'
+    """
     from keras_llmopt._src.reference.model import build_gpt
 
     return build_gpt("tiny", seed=0)
 
 
 def relu_gpt():
-    """A functional GPT whose MLP uses ``Activation("relu")`` between its two Dense."""
+    """A functional GPT whose MLP uses ``Activation("relu")`` between its two Dense.
+
+    Example:
+        >>> relu_gpt().name
+        'relu_gpt'
+    """
     keras.utils.set_random_seed(0)
     layers = keras.layers
     tokens = keras.Input((None,), dtype="int32", name="tokens")
@@ -292,7 +302,12 @@ def relu_gpt():
 
 
 def sequential_lm():
-    """A Sequential model: Embedding, two Dense, a Dense to the vocabulary."""
+    """A Sequential model: Embedding, two Dense, a Dense to the vocabulary.
+
+    Example:
+        >>> sequential_lm().name
+        'sequential_lm'
+    """
     keras.utils.set_random_seed(0)
     layers = keras.layers
     return keras.Sequential(
@@ -340,7 +355,12 @@ class UnregisteredDecoder(keras.Model):
 
 
 def unregistered_subclass():
-    """An :class:`UnregisteredDecoder`, built on a batch of 16 tokens."""
+    """An :class:`UnregisteredDecoder`, built on a batch of 16 tokens.
+
+    Example:
+        >>> unregistered_subclass().name
+        'unregistered_decoder'
+    """
     keras.utils.set_random_seed(0)
     model = UnregisteredDecoder(name="unregistered_decoder")
     model(np.zeros((1, 16), "int32"))

@@ -23,6 +23,10 @@ class SilentFailure(Exception):
     Args:
         short: A few words for the table.
         detail: The full reason (defaults to ``short``).
+
+    Example:
+        >>> classify(SilentFailure("2/15 matmuls float", "the int8 file has ..."))
+        ('silent', 'SILENT FAIL: 2/15 matmuls float')
     """
 
     def __init__(self, short, detail=None):
@@ -102,7 +106,12 @@ def matmul_label(counts):
 
 
 def float_matmuls(counts, activations):
-    """Matmuls whose inputs are not ``activations`` (``"int8"`` or ``"int16"``)."""
+    """Matmuls whose inputs are not ``activations`` (``"int8"`` or ``"int16"``).
+
+    Example:
+        >>> float_matmuls({"int8,int8": 13, "float32,float32": 2}, "int8")
+        2
+    """
     return sum(n for key, n in counts.items() if key.split(",")[0] != activations)
 
 
