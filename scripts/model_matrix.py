@@ -31,6 +31,9 @@ README = flags.DEFINE_string(
 WARMUP_STEPS = flags.DEFINE_integer(
     "warmup_steps", 60, "Training steps per model first, so top-1 agreement is meaningful."
 )
+CELL_TIME_LIMIT = flags.DEFINE_float(
+    "cell_time_limit", 600, "Seconds after which a cell is stopped and counted as failing."
+)
 WORK_DIR = flags.DEFINE_string("work_dir", None, "Keep the artifacts in this folder.")
 
 
@@ -39,7 +42,11 @@ def main(argv):
     from keras_llmopt._src.benchmark import model_matrix
 
     result = model_matrix.run_matrix(
-        FAMILIES.value, CELLS.value, work_dir=WORK_DIR.value, warmup_steps=WARMUP_STEPS.value
+        FAMILIES.value,
+        CELLS.value,
+        work_dir=WORK_DIR.value,
+        warmup_steps=WARMUP_STEPS.value,
+        cell_time_limit=CELL_TIME_LIMIT.value or None,
     )
     print(result.to_markdown())
     for path in OUTPUT.value:

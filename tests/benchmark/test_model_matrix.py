@@ -227,3 +227,18 @@ def test_full_matrix_on_four_families_has_no_silent_failure_outside_int8(tmp_pat
     assert reference["qat_int8"].figures["matmuls"] == {
         "int8,int8": sum(reference["qat_int8"].figures["matmuls"].values())
     }
+
+
+def test_a_cell_past_its_time_limit_is_stopped_and_counted_failing(monkeypatch):
+    import time as time_lib
+
+    from keras_llmopt._src.benchmark import matrix_cells
+
+    def endless(ctx):
+        while True:
+            time_lib.sleep(0.01)
+
+    monkeypatch.setitem(matrix_cells.CELLS, "endless", endless)
+    cell = matrix_cells.run_cell(None, "endless", time_limit=0.3)
+    assert cell.status == "fail" and "per-cell limit" in cell.text, cell.text
+    assert cell.seconds < 5

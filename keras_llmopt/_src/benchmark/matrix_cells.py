@@ -464,8 +464,11 @@ CELLS = {
 INTEGER_CELLS = ("qat_int8", "ptq_int8", "int16x8")
 
 
-def run_cell(ctx, name):
+def run_cell(ctx, name, time_limit=None):
     """Runs cell ``name`` on a row and returns its :class:`Cell` (never raises).
+
+    ``time_limit``: seconds after which the cell is stopped and reported as a failure
+    (the converter's calibration of a large graph can run for many minutes).
 
     Example:
         >>> from keras_llmopt._src.benchmark import matrix_models
@@ -475,7 +478,8 @@ def run_cell(ctx, name):
     """
     start = time.perf_counter()
     try:
-        text, figures = CELLS[name](ctx)
+        with outcomes.time_limit(time_limit):
+            text, figures = CELLS[name](ctx)
         cell = outcomes.Cell(outcomes.OK, text, figures)
     except Exception as error:  # every outcome is a table cell
         status, text = outcomes.classify(error)

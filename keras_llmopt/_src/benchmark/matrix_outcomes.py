@@ -7,8 +7,11 @@ a failed verification or artifact check included) and ``silent`` (a
 """
 
 import collections
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import traceback
 
 OK, REFUSED, FAIL, SILENT = "ok", "refused", "fail", "silent"
@@ -174,3 +177,31 @@ def classify(error):
     if "converter failed" in str(error):
         return FAIL, f"FAIL: {_short(error, 56)}"
     return FAIL, f"FAIL: {type(error).__name__}: {_short(error)}"
+
+
+class CellTimeout(RuntimeError):
+    """A cell ran past the matrix's per-cell time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """Raises :class:`CellTimeout` in the block after ``seconds`` (main thread, POSIX).
+
+    Example:
+        >>> with time_limit(5):
+        ...     pass
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise CellTimeout(f"ran past the {seconds:.0f} s per-cell limit; stopped")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

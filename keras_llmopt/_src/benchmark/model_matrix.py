@@ -138,7 +138,14 @@ def _select_cells(cells):
     return [c for c in matrix_cells.CELLS if c in set(cells)]
 
 
-def run_matrix(families=None, cells=None, work_dir=None, sequence_length=16, warmup_steps=60):
+def run_matrix(
+    families=None,
+    cells=None,
+    work_dir=None,
+    sequence_length=16,
+    warmup_steps=60,
+    cell_time_limit=None,
+):
     """Builds each row's tiny model and runs each cell on it.
 
     Args:
@@ -149,6 +156,8 @@ def run_matrix(families=None, cells=None, work_dir=None, sequence_length=16, war
         warmup_steps: Training steps each row's model gets first (``RowContext.warm_up``)
             so its predictions are confident and top-1 agreement means something; 0
             keeps the random initialisation.
+        cell_time_limit: Seconds after which a cell is stopped and counted as failing
+            (``None``: no limit).
 
     Returns:
         A :class:`MatrixResult`.
@@ -176,7 +185,9 @@ def run_matrix(families=None, cells=None, work_dir=None, sequence_length=16, war
         for index, row in enumerate(rows):
             logging.info("model matrix: [%d/%d] %s", index + 1, len(rows), row.name)
             folder = os.path.join(work_dir, row.name)
-            result.rows[row.name] = _run_row(row, names, folder, sequence_length, warmup_steps)
+            result.rows[row.name] = _run_row(
+                row, names, folder, sequence_length, warmup_steps, cell_time_limit
+            )
     finally:
         if own_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -185,7 +196,7 @@ def run_matrix(families=None, cells=None, work_dir=None, sequence_length=16, war
     return result
 
 
-def _run_row(row, names, folder, sequence_length, warmup_steps):
+def _run_row(row, names, folder, sequence_length, warmup_steps, cell_time_limit=None):
     started = time.perf_counter()
     try:
         ctx = matrix_cells.RowContext(row.build(), folder, sequence_length)
@@ -208,7 +219,7 @@ def _run_row(row, names, folder, sequence_length, warmup_steps):
         }
     cells = {}
     for name in names:
-        cell = matrix_cells.run_cell(ctx, name)
+        cell = matrix_cells.run_cell(ctx, name, cell_time_limit)
         logging.info("model matrix: %s / %s: %s (%.1f s)", row.name, name, cell.text, cell.seconds)
         if cell.message:
             logging.info("model matrix:   %s", cell.message[:500])

@@ -214,7 +214,7 @@ def default_annotations(model, annotated=None):
         >>> import keras
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="d")])
         >>> sorted(default_annotations(model))
-        ['d', 'input_layer']
+        ['d', 'input_layer...']
     """
     annotations = {node.path: _Annotation(None, False) for node in layer_tree.walk_layers(model)}
     for path, annotation in _annotations(model if annotated is None else annotated).items():
