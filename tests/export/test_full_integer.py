@@ -38,6 +38,24 @@ def _gemma():
     )
 
 
+def _gemma2():
+    # Gemma 2's flags: logit soft caps (the head's cap comes after its matmul's range),
+    # post-attention and post-MLP norms.
+    return _tiny(
+        keras_hub.models.GemmaBackbone,
+        keras_hub.models.GemmaCausalLM,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        intermediate_dim=128,
+        head_dim=16,
+        query_head_dim_normalize=False,
+        use_post_ffw_norm=True,
+        use_post_attention_norm=True,
+        final_logit_soft_cap=30.0,
+        attention_logit_soft_cap=50.0,
+    )
+
+
 def _qwen3():
     return _tiny(
         keras_hub.models.Qwen3Backbone,
@@ -108,8 +126,8 @@ def _all_int8(summary):
 
 @pytest.mark.parametrize(
     "build",
-    [_llama, _gemma, _qwen3, _mistral, relu_gpt],
-    ids=["llama", "gemma", "qwen3", "mistral", "relu_gpt"],
+    [_llama, _gemma, _gemma2, _qwen3, _mistral, relu_gpt],
+    ids=["llama", "gemma", "gemma2", "qwen3", "mistral", "relu_gpt"],
 )
 def test_every_matmul_input_is_int8_and_the_file_agrees(build, tmp_path):
     model = build()

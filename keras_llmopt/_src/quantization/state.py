@@ -18,7 +18,7 @@ from keras import ops
 
 from keras_llmopt._src.core import inline_ops, keras_compat, layer_state, layer_tree
 from keras_llmopt._src.quantization import attention as attention_lib
-from keras_llmopt._src.quantization.configs import AttentionConfig, QuantizeConfig
+from keras_llmopt._src.quantization.configs import AttentionConfig, EmbeddingConfig, QuantizeConfig
 
 TECHNIQUE = "quantization"
 STATE_ATTR = layer_state.state_attr(TECHNIQUE)
@@ -219,6 +219,10 @@ class QuantizeState(layer_state.LayerState):
         if self.dense_view is not None:
             return {}
         overrides = {}
+        if _soft_capped_head(layer, self.config):
+            # The head's matmul output gets its range; the cap is applied after it
+            # (transform_outputs), so the FULLY_CONNECTED stays integer.
+            overrides["logit_soft_cap"] = None
         for attr, quantizer in self.activations_q:
             function = getattr(layer, attr)
 
@@ -244,7 +248,11 @@ class QuantizeState(layer_state.LayerState):
             quantizers = self.outputs_q
         else:
             quantizers = self.config.select_output_quantizers(layer, call_kwargs, self.outputs_q)
-        return _quantize_outputs(outputs, quantizers, training)
+        outputs = _quantize_outputs(outputs, quantizers, training)
+        if call_kwargs.get("reverse", False) and _soft_capped_head(layer, self.config):
+            cap = layer.logit_soft_cap
+            outputs = ops.multiply(ops.tanh(ops.divide(outputs, cap)), cap)
+        return outputs
 
     def on_install(self, layer):
         if self.attention_q:
@@ -278,6 +286,11 @@ class QuantizeState(layer_state.LayerState):
             "config": config,
             "masked": [qw.name for qw in self.weights_q if qw.mask is not None],
         }
+
+
+def _soft_capped_head(layer, config):
+    """A reversible embedding head with a logit soft cap (Gemma 2), quantized."""
+    return isinstance(config, EmbeddingConfig) and bool(getattr(layer, "logit_soft_cap", None))
 
 
 class _InlineQuantizer:
