@@ -32,7 +32,10 @@ WARMUP_STEPS = flags.DEFINE_integer(
     "warmup_steps", 60, "Training steps per model first, so top-1 agreement is meaningful."
 )
 CELL_TIME_LIMIT = flags.DEFINE_float(
-    "cell_time_limit", 600, "Seconds after which a cell is stopped and counted as failing."
+    "cell_time_limit",
+    600,
+    "Seconds after which a cell is stopped and counted as failing (at its next Python "
+    "step: a converter busy in native code is stopped only when it returns).",
 )
 WORK_DIR = flags.DEFINE_string("work_dir", None, "Keep the artifacts in this folder.")
 

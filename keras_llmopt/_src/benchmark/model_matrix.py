@@ -157,7 +157,9 @@ def run_matrix(
             so its predictions are confident and top-1 agreement means something; 0
             keeps the random initialisation.
         cell_time_limit: Seconds after which a cell is stopped and counted as failing
-            (``None``: no limit).
+            (``None``: no limit). The stop lands at the cell's next Python step: the
+            TFLite converter calibrating inside native code is stopped only when it
+            returns (on Qwen 3.5 it ran past 13 minutes without returning).
 
     Returns:
         A :class:`MatrixResult`.
