@@ -102,3 +102,23 @@ def tiny_gpt2_lm():
         return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_lm():
+    """Builds a small KerasHub Llama CausalLM (GQA) from a config (skips without keras_hub)."""
+    keras_hub = pytest.importorskip("keras_hub")
+
+    def build():
+        keras.utils.set_random_seed(0)
+        backbone = keras_hub.models.LlamaBackbone(
+            vocabulary_size=256,
+            num_layers=2,
+            num_query_heads=2,
+            num_key_value_heads=1,
+            hidden_dim=32,
+            intermediate_dim=64,
+        )
+        return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+
+    return build

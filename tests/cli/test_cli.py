@@ -99,23 +99,11 @@ def optimize_flags():
     flags.FLAGS.unparse_flags()
 
 
-def test_optimize_a_saved_kerashub_causal_lm(tmp_path, optimize_flags, capsys):
-    keras_hub = pytest.importorskip("keras_hub")
-    import keras
-
+def test_optimize_a_saved_kerashub_causal_lm(tmp_path, optimize_flags, capsys, tiny_llama_lm):
     from keras_llmopt._src.cli import main, optimize_cmd
 
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=256,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=32,
-        intermediate_dim=64,
-    )
     model_path = tmp_path / "llama.keras"
-    keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None).save(model_path)
+    tiny_llama_lm().save(model_path)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         "stages:\n"

@@ -16,20 +16,6 @@ class _PlainCallableLoss:
         return keras.ops.mean(keras.ops.square(y_pred))
 
 
-def _tiny_llama_lm():
-    keras_hub = pytest.importorskip("keras_hub")
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=256,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=32,
-        intermediate_dim=64,
-    )
-    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
-
-
 def _functional():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8,))
@@ -37,8 +23,8 @@ def _functional():
     return keras.Model(inputs, keras.layers.Dense(4, name="down")(hidden))
 
 
-def test_failed_save_of_a_pruned_kerashub_model_leaves_no_file(tmp_path):
-    pruned = sparsity.prune_low_magnitude(_tiny_llama_lm(), sparsity.ConstantSparsity(0.5, 0))
+def test_failed_save_of_a_pruned_kerashub_model_leaves_no_file(tmp_path, tiny_llama_lm):
+    pruned = sparsity.prune_low_magnitude(tiny_llama_lm(), sparsity.ConstantSparsity(0.5, 0))
     pruned.compile(optimizer="adam", loss=_PlainCallableLoss())
     target = tmp_path / "pruned.keras"
     with pytest.raises(TypeError, match="Cannot serialize"):
@@ -73,9 +59,9 @@ def test_failed_save_of_a_pruned_functional_model_leaves_no_file(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0))
 
 
-def test_strip_keeps_a_kerashub_causal_lm_sampler_and_compile():
+def test_strip_keeps_a_kerashub_causal_lm_sampler_and_compile(tiny_llama_lm):
     keras_hub = pytest.importorskip("keras_hub")
-    lm = _tiny_llama_lm()
+    lm = tiny_llama_lm()
     lm.compile(
         optimizer=keras.optimizers.SGD(0.25),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -58,33 +58,17 @@ def test_inspect_bad_input(tmp_path):
         pipeline.inspect_model(3)
 
 
-def _tiny_llama_lm():
-    import keras
-
-    keras_hub = pytest.importorskip("keras_hub")
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=256,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=32,
-        intermediate_dim=64,
-    )
-    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
-
-
 def _tiny_gpt():
     from keras_llmopt import reference
 
     return reference.build_gpt("tiny")
 
 
-@pytest.mark.parametrize("build", [_tiny_gpt, _tiny_llama_lm], ids=["reference_gpt", "llama"])
-def test_inspect_quantization_verdict_is_what_quantize_model_does(build):
+@pytest.mark.parametrize("name", ["reference_gpt", "llama"])
+def test_inspect_quantization_verdict_is_what_quantize_model_does(name, tiny_llama_lm):
     from keras_llmopt import quantization
 
-    model = build()
+    model = _tiny_gpt() if name == "reference_gpt" else tiny_llama_lm()
     verdict = pipeline.inspect_model(model).targets["quantization"]
     report = quantization.quantize_model(model).quantize_report
     assert sorted(verdict.selected_paths) == sorted(report.quantized)

@@ -118,24 +118,10 @@ def test_training_stages_run_on_any_backend(trained_tiny, tiny_corpus, tmp_path)
 # --- any model the Python API accepts: a saved KerasHub CausalLM ---------------------
 
 
-def _tiny_llama_lm():
-    keras_hub = pytest.importorskip("keras_hub")
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=256,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=32,
-        intermediate_dim=64,
-    )
-    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
-
-
 @pytest.fixture(scope="module")
-def llama_file(tmp_path_factory):
+def llama_file(tmp_path_factory, tiny_llama_lm):
     path = tmp_path_factory.mktemp("llama") / "llama.keras"
-    _tiny_llama_lm().save(path)
+    tiny_llama_lm().save(path)
     return path
 
 
