@@ -150,11 +150,12 @@ def plan(model, chosen, scheme, plannable=None):
         [True, True]
     """
     sample = sample_batch(model)
-    layers = {
-        node.path: node.layer
+    nodes = {
+        node.path: node
         for node in layer_tree.walk_layers(model)
         if not isinstance(node.layer, layer_state.LayerState)
     }
+    layers = {path: node.layer for path, node in nodes.items()}
     by_path = {node.path: (node, config) for node, config, _ in chosen}
     if sample is None:
         return _plan_without_probe(chosen, scheme)
@@ -184,8 +185,7 @@ def plan(model, chosen, scheme, plannable=None):
             continue
         if config is None:
             config = configs_lib.InlineOpsConfig(scheme, inline_ops=specs)
-            node = next(n for n in layer_tree.walk_layers(model) if n.path == path)
-            added.append((node, config))
+            added.append((nodes[path], config))
         else:
             config.inline_ops = specs
         for _, _, result in products:
