@@ -7,6 +7,7 @@ MODULES = [
     "keras_llmopt._src.export.common",
     "keras_llmopt._src.export.converter",
     "keras_llmopt._src.export.files",
+    "keras_llmopt._src.export.float_islands",
     "keras_llmopt._src.export.float_ops",
     "keras_llmopt._src.export.graph_rewrite",
     "keras_llmopt._src.export.int4",

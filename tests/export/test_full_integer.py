@@ -143,6 +143,27 @@ def test_every_matmul_input_is_int8_and_the_file_agrees(build, tmp_path):
     assert report.size_bytes < 0.65 * fp32.size_bytes, (report.size_bytes, fp32.size_bytes)
 
 
+@pytest.mark.parametrize("build", [_llama, _gemma], ids=["llama", "gemma"])
+def test_calibrated_int16x8_on_keras_hub_has_int16_matmuls_and_agrees(build, tmp_path):
+    # KerasHub's padding/causal mask compares int32 tensors; the 16x8 quantizer wants a
+    # calibrated range for every comparison input ("Max and min for dynamic tensors").
+    model = build()
+    report = export.to_tflite(
+        model,
+        tmp_path / "m.tflite",
+        quantization="int16x8",
+        representative_dataset=_batch(model),
+        sequence_length=LENGTH,
+    )
+    counts = report.summary["matmul_inputs"]
+    assert counts["FULLY_CONNECTED"] and counts["BATCH_MATMUL"], counts
+    # int16 activations; weights int8 (a tied head reads the int16 embedding table).
+    kinds = {kind for op in ("FULLY_CONNECTED", "BATCH_MATMUL") for kind in counts[op]}
+    assert kinds <= {"int16,int8", "int16,int16"}, counts
+    assert report.summary["float_matmuls"] == []
+    assert report.verification.passed and report.verification.top1_agreement >= 0.95
+
+
 def test_llama_head_and_inline_attention_are_planned():
     q = quantization.quantize_model(_llama())
     quantized = {path.split("/", 1)[1] for path in q.quantize_report.quantized}

@@ -38,7 +38,7 @@ DEFAULT_OUT = "keras_llmopt_report"
 # are not given: about 8 minutes on 2 cores from an empty cache, under 4 cached, for
 # `small`. `keras-llmopt benchmark` keeps the full budget (1000 / 300 / 256 for small).
 DEMO_BUDGET = {
-    "small": {"steps": 300, "finetune_steps": 50, "eval_windows": 64},
+    "small": {"steps": 250, "finetune_steps": 40, "eval_windows": 64},
     "tiny": {"steps": None, "finetune_steps": None, "eval_windows": None},
 }
 

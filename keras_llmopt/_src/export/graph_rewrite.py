@@ -13,7 +13,7 @@ import numpy as np
 def rewrite_for_integer(frozen):
     """Rewrites a frozen graph so TFLite's calibrated quantizers can handle a transformer.
 
-    Used for ``"int8"`` and ``"int16x8"``. Three patterns break them (the 16x8 quantizer
+    Used for ``"int8"`` and ``"int16x8"``. Four patterns break them (the 16x8 quantizer
     quantizes every ADD/SELECT it sees and needs a calibrated range for each input,
     which integer tensors never get; both calibrate every float tensor they see):
 
@@ -26,6 +26,11 @@ def rewrite_for_integer(frozen):
       range of the softmax input then spans 1e38, its quantization step is ~1e34 and
       every attention row turns uniform (on the reference GPT: int16x8 top-1 agreement
       0.71 -> 0.99, bits per byte +0.28 -> +0.00001). The fill becomes ``MASK_FILL``.
+    * KerasHub builds its attention mask from the int32 ``padding_mask`` input
+      (``minimum`` then ``> 0``); the 16x8 quantizer quantizes the comparison and stops
+      on its int32 inputs ("Max and min for dynamic tensors should be recorded"). An
+      int32 comparison of non-constant tensors compares them as float32 instead (exact
+      below 2**24, far above any mask value or token id).
 
     Returns:
         ``(concrete_function, count)``: the rewritten function and how many nodes changed.
@@ -82,6 +87,17 @@ def rewrite_for_integer(frozen):
             node.input.extend([difference.name, difference.name])
             extra.append(difference)
             count += 1
+    seen = {}
+    for node in graph_def.node:
+        if (
+            node.op in _COMPARISONS
+            and node.attr["T"].type == tf.int32.as_datatype_enum
+            and any(_reads_an_input(nodes, name, seen) for name in node.input)
+        ):
+            # The 16x8 quantizer quantizes comparisons and wants a calibrated range for
+            # their int32 inputs (KerasHub's padding/causal mask), which never comes.
+            extra.extend(_compared_as_float(node))
+            count += 1
     if not count:
         return frozen, 0
     graph_def.node.extend(extra)
@@ -118,6 +134,44 @@ def _set_fill(node, fill):
     node.attr["value"].tensor.CopyFrom(
         tf.make_tensor_proto(np.full(value.shape, fill, dtype=value.dtype))
     )
+
+
+_COMPARISONS = ("Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual")
+
+
+def _reads_an_input(nodes, name, seen):
+    """Whether tensor ``name`` depends on a graph input (memoized in ``seen``)."""
+    stack, entered = [(_source(name), False)], set()
+    while stack:
+        current, inputs_done = stack.pop()
+        if current in seen or current not in nodes or (current in entered and not inputs_done):
+            continue
+        sources = [_source(i) for i in nodes[current].input]
+        if inputs_done:
+            seen[current] = nodes[current].op == "Placeholder" or any(
+                seen.get(source, False) for source in sources
+            )
+        else:
+            entered.add(current)  # a v1 control-flow cycle cannot loop forever
+            stack.append((current, True))
+            stack.extend((source, False) for source in sources if source not in seen)
+    return seen.get(_source(name), False)
+
+
+def _compared_as_float(node):
+    """Compares int32 inputs as float32 instead (returns the new Cast nodes)."""
+    import tensorflow as tf
+
+    casts = []
+    for position, name in enumerate(node.input):
+        cast = tf.compat.v1.NodeDef(name=f"{node.name}/as_float_{position}", op="Cast")
+        cast.input.append(name)
+        cast.attr["SrcT"].type = tf.int32.as_datatype_enum
+        cast.attr["DstT"].type = tf.float32.as_datatype_enum
+        node.input[position] = cast.name
+        casts.append(cast)
+    node.attr["T"].type = tf.float32.as_datatype_enum
+    return casts
 
 
 def _source(name):

@@ -9,6 +9,7 @@ from keras_llmopt._src.export import (
     compact,
     converter,
     files,
+    float_islands,
     float_ops,
     int4,
     report,
@@ -36,6 +37,7 @@ def to_tflite(
     compact_file=True,
     block_size=None,
     allow_float_ops=False,
+    integer_only=False,
 ):
     """Converts a Keras model to a ``.tflite`` file and proves it against the model.
 
@@ -117,6 +119,10 @@ def to_tflite(
             notes. Default: refuse such a file. ``"int16x8"`` lists them without
             refusing (LiteRT has no int16 GELU: a Dense with a GELU activation computes
             its matmul in float there).
+        integer_only: ``"int8"``: keep every op integer. Default: the int8 SOFTMAX and
+            GELU ops, which LiteRT's XNNPACK delegate cannot run, compute in float32
+            between a DEQUANTIZE and a QUANTIZE so XNNPACK runs them (faster on CPU;
+            ``float_islands``); the matmuls are int8 either way.
 
     Returns:
         An ``ExportReport``.
@@ -138,6 +144,7 @@ def to_tflite(
     common.check_bool("verify", verify)
     common.check_bool("compact_file", compact_file)
     common.check_bool("allow_float_ops", allow_float_ops)
+    common.check_bool("integer_only", integer_only)
     if tolerance is not None:
         resolve_tolerance(mode.tolerance, tolerance)
 
@@ -187,6 +194,7 @@ def to_tflite(
         "to_tflite",
         allow_float_ops=allow_float_ops,
         float_matmuls=float_matmuls,
+        integer_only=integer_only,
     )
 
     def check(temp):
@@ -259,12 +267,15 @@ def build_flatbuffer(
     what,
     allow_float_ops=False,
     float_matmuls=None,
+    integer_only=False,
 ):
     """Converts traced signatures in ``mode``, then int4 and compaction; appends notes.
 
     In a full-integer mode the converted ops are checked first
     (``float_ops.check_integer_matmuls``): a float matmul raises unless
-    ``allow_float_ops``; the ones accepted are appended to ``float_matmuls``.
+    ``allow_float_ops``; the ones accepted are appended to ``float_matmuls``. In
+    ``"int8"``, unless ``integer_only``, int8 SOFTMAX / GELU then run in float32
+    (``float_islands.run_in_float``).
 
     Returns:
         ``(content, compaction)``: the flatbuffer's bytes and the compaction statistics
@@ -297,6 +308,14 @@ def build_flatbuffer(
         )
         if float_matmuls is not None:
             float_matmuls.extend(found)
+    if mode.name == "int8" and not integer_only:
+        content, islands = float_islands.run_in_float(content)
+        if islands:
+            notes.append(
+                f"{islands} int8 {'/'.join(float_islands.FLOAT_ISLAND_OPS)} op(s) compute in "
+                "float32 between DEQUANTIZE and QUANTIZE, so XNNPACK runs them "
+                "(integer_only=True keeps them integer)"
+            )
     if mode.int4_weights:
         content = int4.quantize_weights_int4(content, block_size)
         granularity = "per output channel" if block_size is None else f"blocks of {block_size}"

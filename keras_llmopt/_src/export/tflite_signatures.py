@@ -28,6 +28,7 @@ def to_tflite_signatures(
     compact_file=True,
     block_size=None,
     allow_float_ops=False,
+    integer_only=False,
 ):
     """Converts several named signatures into one ``.tflite`` and proves each of them.
 
@@ -57,6 +58,7 @@ def to_tflite_signatures(
         compact_file: Rewrite the flatbuffer losslessly smaller (``to_tflite``).
         block_size: ``"int4"`` only: input rows per weight scale.
         allow_float_ops: Accept float matmuls in a full-integer mode (``to_tflite``).
+        integer_only: ``"int8"``: keep SOFTMAX / GELU integer too (``to_tflite``).
 
     Returns:
         An ``ExportReport`` whose ``verification`` is a ``SignaturesVerification`` and
@@ -96,6 +98,7 @@ def to_tflite_signatures(
     common.check_bool("verify", verify)
     common.check_bool("compact_file", compact_file)
     common.check_bool("allow_float_ops", allow_float_ops)
+    common.check_bool("integer_only", integer_only)
     if representative_dataset is not None and not callable(representative_dataset):
         raise TypeError(
             "`representative_dataset` must be a callable returning an iterable of "
@@ -125,6 +128,7 @@ def to_tflite_signatures(
         "to_tflite_signatures",
         allow_float_ops=allow_float_ops,
         float_matmuls=float_matmuls,
+        integer_only=integer_only,
     )
 
     def check(temp):
