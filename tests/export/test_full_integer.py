@@ -164,6 +164,16 @@ def test_calibrated_int16x8_on_keras_hub_has_int16_matmuls_and_agrees(build, tmp
     assert report.verification.passed and report.verification.top1_agreement >= 0.95
 
 
+def test_qat_int16x8_on_grouped_query_attention_says_what_to_do_instead(tmp_path):
+    q = quantization.quantize_model(_llama(), scheme="8bit_weights_16bit_activations")
+    quantization.calibrate(q, _batch(q), batch_size=8)
+    with pytest.raises(
+        RuntimeError, match=r"(?s)no int16 TILE.*representative_dataset=.*tfl\.tile"
+    ):
+        export.to_tflite(q, tmp_path / "m.tflite", quantization="int16x8", sequence_length=LENGTH)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_llama_head_and_inline_attention_are_planned():
     q = quantization.quantize_model(_llama())
     quantized = {path.split("/", 1)[1] for path in q.quantize_report.quantized}

@@ -148,8 +148,22 @@ def convert(traced, mode, sparse=False, representative_dataset=None, what="to_tf
         except Exception as error:  # the converter raises many types; keep its message
             raise RuntimeError(
                 f"{what}: the TFLite converter failed for quantization={mode.name!r}, "
-                f"sparse={sparse}: {error}"
+                f"sparse={sparse}: {_known_limit(error, mode, traced.is_qat)}{error}"
             ) from error
+
+
+def _known_limit(error, mode, is_qat):
+    """A hint for converter failures whose cause and way around are known."""
+    text = str(error)
+    if is_qat and mode.name == "int16x8" and "'tfl.tile' op operand" in text and "i16" in text:
+        return (
+            "the converter has no int16 TILE for quantization-aware graphs (KerasHub's "
+            "grouped-query attention repeats keys and values with `ops.repeat`). Export "
+            "the float model with quantization='int16x8' and representative_dataset= "
+            "(calibrated 16x8, whose kernels do take int16 TILE), or QAT with the int8 "
+            "scheme and quantization='int8'. The converter said: "
+        )
+    return ""
 
 
 def _flat_outputs(sig):
