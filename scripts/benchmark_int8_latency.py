@@ -36,21 +36,17 @@ def _exports(folder):
     q = quantization.quantize_model(model)
     quantization.calibrate(q, tokens)
     paths = {name: os.path.join(folder, f"{name}.tflite") for name in _VARIANTS}
-    reports = {
-        "fp32": export.to_tflite(model, paths["fp32"], verify=False),
-        "dynamic_int8": export.to_tflite(
-            model, paths["dynamic_int8"], quantization="dynamic_int8", verify=False
-        ),
-        "int8_integer_only": export.to_tflite(
-            q, paths["int8_integer_only"], quantization="int8", integer_only=True, verify=False
-        ),
-        "int8": export.to_tflite(q, paths["int8"], quantization="int8", verify=False),
-    }
+    export.to_tflite(model, paths["fp32"], verify=False)
+    export.to_tflite(model, paths["dynamic_int8"], quantization="dynamic_int8", verify=False)
+    export.to_tflite(
+        q, paths["int8_integer_only"], quantization="int8", integer_only=True, verify=False
+    )
+    export.to_tflite(q, paths["int8"], quantization="int8", verify=False)
     with open(paths["int8_integer_only"], "rb") as handle:
         content, _ = float_islands.run_in_float(handle.read(), ops=("SOFTMAX",))
     with open(paths["int8_softmax_float"], "wb") as handle:
         handle.write(content)
-    return paths, reports
+    return paths
 
 
 _VARIANTS = ("fp32", "dynamic_int8", "int8_integer_only", "int8_softmax_float", "int8")
@@ -63,7 +59,7 @@ def main(argv):
     from keras_llmopt._src.export.runtime import load_runner
 
     with tempfile.TemporaryDirectory() as folder:
-        paths, _ = _exports(folder)
+        paths = _exports(folder)
         functions = {}
         for name, path in paths.items():
             runner = load_runner(path, num_threads=THREADS.value)

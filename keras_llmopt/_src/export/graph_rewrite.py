@@ -87,6 +87,8 @@ def rewrite_for_integer(frozen):
             node.input.extend([difference.name, difference.name])
             extra.append(difference)
             count += 1
+    # A pass of its own, after the one above: the token-id select pattern must still
+    # see its int32 ``Less`` untouched.
     seen = {}
     for node in graph_def.node:
         if (

@@ -133,7 +133,10 @@ class Sampler:
             >>> Sampler(sampling_config("top_k", top_k=1)).allowed(np.array([[1., 3., 2.]]))
             array([[False,  True, False]])
         """
-        logits = np.asarray(logits, dtype=np.float64) / self.config.temperature
+        return self._allowed(np.asarray(logits, dtype=np.float64) / self.config.temperature)
+
+    def _allowed(self, logits):
+        """:meth:`allowed` on logits already divided by the temperature."""
         keep = logits > -np.inf  # NaN and -inf are never drawn
         vocab = logits.shape[-1]
         if self.config.sampler == "greedy":
@@ -163,13 +166,14 @@ class Sampler:
             raise ValueError(f"Sampler needs (batch, vocab) logits. Received: shape={logits.shape}")
         if self.config.sampler == "greedy":
             return np.argmax(logits, axis=-1).astype(np.int32)
-        keep = self.allowed(logits)
+        tempered = logits / self.config.temperature
+        keep = self._allowed(tempered)
         empty = np.flatnonzero(~keep.any(axis=-1))
         if empty.size:
             raise ValueError(
                 f"Sampler: row {int(empty[0])} has no token to draw (every logit is -inf or NaN)."
             )
-        probs = _softmax(np.where(keep, logits / self.config.temperature, -np.inf))
+        probs = _softmax(np.where(keep, tempered, -np.inf))
         # In (0, 1]: the first token whose cumulative mass reaches it has mass > 0.
         draws = 1.0 - self._rng.random((logits.shape[0], 1))
         picked = (np.cumsum(probs, axis=-1) < draws).sum(axis=-1)
