@@ -22,6 +22,8 @@ Example:
 """
 
 from keras_llmopt._src.core.model_inputs import InputSpec
+from keras_llmopt._src.export.generator import GENERATOR_MODES, to_tflite_generator
+from keras_llmopt._src.export.generator_runner import GeneratorRunner, load_generator
 from keras_llmopt._src.export.onnx_export import DEFAULT_OPSET, replace_erfc, to_onnx
 from keras_llmopt._src.export.report import ExportReport
 from keras_llmopt._src.export.runtime import Runner, load_runner, measure_latency
@@ -44,6 +46,8 @@ __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_TOLERANCES",
     "ExportReport",
+    "GENERATOR_MODES",
+    "GeneratorRunner",
     "InputSpec",
     "QUANTIZATION_MODES",
     "Runner",
@@ -51,12 +55,14 @@ __all__ = [
     "SignaturesVerification",
     "VerificationError",
     "VerificationReport",
+    "load_generator",
     "load_runner",
     "measure_latency",
     "replace_erfc",
     "to_onnx",
     "to_saved_model",
     "to_tflite",
+    "to_tflite_generator",
     "to_tflite_signatures",
     "verify",
     "verify_signatures",

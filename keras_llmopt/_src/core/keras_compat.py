@@ -23,7 +23,13 @@ __all__ = [
     "child_layers",
     "compute_output_spec",
     "current_call_training",
+    "graph_of",
+    "graph_operations",
     "is_plain_graph_model",
+    "keras_mask",
+    "operation_name",
+    "producer_of",
+    "run_graph",
     "own_variables",
     "public_class_config",
     "register_serialized_name",
@@ -228,3 +234,78 @@ class attention_internals:  # noqa: N801  (a namespace of accessors, used as suc
             if isinstance(sub, keras.layers.Layer):
                 found[name] = sub
         return found
+
+
+def graph_of(model):
+    """The functional graph a model runs (a Sequential's inner one), or ``None``.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> graph_of(model) is not None
+        True
+    """
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model if isinstance(model, Functional) else None
+
+
+def graph_operations(graph):
+    """``[(operation, input KerasTensors)]`` of every node of a functional graph.
+
+    Example:
+        >>> inputs = keras.Input((3,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
+        >>> [op.name for op, _ in graph_operations(model)]
+        ['d']
+    """
+    found = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                found.append((node.operation, list(node.input_tensors)))
+    return found
+
+
+def producer_of(tensor):
+    """The operation that produced a KerasTensor (``None`` for a graph input).
+
+    Example:
+        >>> x = keras.Input((3,))
+        >>> producer_of(keras.ops.ones_like(x)).__class__.__name__
+        'OnesLike'
+    """
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None)
+    return None if isinstance(operation, keras.layers.InputLayer) else operation
+
+
+def operation_name(operation):
+    """The class name of a graph operation (``"Cumsum"``, ``"OnesLike"``, ``"Dense"``).
+
+    Example:
+        >>> operation_name(keras.layers.Dense(2))
+        'Dense'
+    """
+    return type(operation).__name__
+
+
+def run_graph(graph, inputs, operation_fn):
+    """Runs a functional graph with each operation replaced by ``operation_fn(op)``.
+
+    Example:
+        >>> inputs = keras.Input((3,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        >>> run_graph(model, keras.ops.ones((1, 3)), lambda op: op).shape
+        TensorShape([1, 2])
+    """
+    return graph._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def keras_mask(tensor):
+    """The Keras mask a tensor carries (``mask_zero`` embeddings), or ``None``.
+
+    Example:
+        >>> keras_mask(keras.ops.ones((2,))) is None
+        True
+    """
+    return getattr(tensor, "_keras_mask", None)

@@ -216,6 +216,25 @@ def states_of(layer):
     return sorted(found, key=lambda state: state.order)
 
 
+def reapply_outputs(layer, tensor, training=False):
+    """``tensor`` passed through ``layer``'s states' output transforms, as if it had output it.
+
+    A KV cache holds outputs of the key and value projections written step by step;
+    reapplying the projection's output transforms (QAT fake quantization: idempotent
+    on values already on its grid) gives the tensor read back from the cache the same
+    quantization range, so an integer export keeps the attention matmuls integer.
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(2)
+        >>> tuple(reapply_outputs(dense, keras.ops.ones((1, 2))).shape)
+        (1, 2)
+    """
+    for state in states_of(layer):
+        tensor = state.transform_outputs(layer, tensor, {"training": training}, training)
+    return tensor
+
+
 def get_state(layer, technique):
     """The state of ``technique`` on ``layer``, or ``None``.
 
