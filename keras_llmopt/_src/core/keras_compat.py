@@ -295,8 +295,8 @@ def run_graph(graph, inputs, operation_fn):
     Example:
         >>> inputs = keras.Input((3,))
         >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-        >>> run_graph(model, keras.ops.ones((1, 3)), lambda op: op).shape
-        TensorShape([1, 2])
+        >>> tuple(run_graph(model, keras.ops.ones((1, 3)), lambda op: op).shape)
+        (1, 2)
     """
     return graph._run_through_graph(inputs, operation_fn=operation_fn)
 
