@@ -24,6 +24,7 @@ Example:
 from keras_llmopt._src.core.model_inputs import InputSpec
 from keras_llmopt._src.export.generator import GENERATOR_MODES, to_tflite_generator
 from keras_llmopt._src.export.generator_runner import GeneratorRunner, load_generator
+from keras_llmopt._src.export.litertlm import to_litertlm
 from keras_llmopt._src.export.onnx_export import DEFAULT_OPSET, replace_erfc, to_onnx
 from keras_llmopt._src.export.report import ExportReport
 from keras_llmopt._src.export.runtime import Runner, load_runner, measure_latency
@@ -59,6 +60,7 @@ __all__ = [
     "load_runner",
     "measure_latency",
     "replace_erfc",
+    "to_litertlm",
     "to_onnx",
     "to_saved_model",
     "to_tflite",

@@ -14,6 +14,7 @@ MODULES = [
     "keras_llmopt._src.export.float_ops",
     "keras_llmopt._src.export.graph_rewrite",
     "keras_llmopt._src.export.int4",
+    "keras_llmopt._src.export.litertlm",
     "keras_llmopt._src.export.onnx_export",
     "keras_llmopt._src.export.report",
     "keras_llmopt._src.export.runtime",

@@ -227,3 +227,35 @@ def test_a_failed_verification_leaves_no_file_and_keeps_the_old_one(tmp_path):
             tolerance={"atol": 0.0, "rtol": 0.0},
         )
     assert path.read_bytes() == b"old"
+
+
+def test_litertlm_of_the_reference_gpt_generates_our_runners_text_in_the_engine(
+    trained_tiny, tiny_corpus, tmp_path
+):
+    import litert_lm
+
+    path = tmp_path / "gpt.litertlm"
+    report = export.to_litertlm(
+        trained_tiny, path, cache_length=48, verification_data=tiny_corpus.validation[:2]
+    )
+    texts = report.summary["litertlm"]
+    assert texts["engine_text"] and texts["runner_text"].startswith(texts["engine_text"])
+    assert report.format == "litertlm" and report.size_bytes == os.path.getsize(path)
+    # Independently of the exporter's own check: the engine's greedy text from a prompt
+    # equals load_generator's on the same token ids (start token 10 first).
+    prompt = "import os\n"
+    engine = litert_lm.Engine(str(path), backend=litert_lm.Backend.CPU, max_num_tokens=48)
+    try:
+        session = engine.create_session(apply_prompt_template=False)
+        session.run_prefill([prompt])
+        engine_text = session.run_decode().texts[0]
+    finally:
+        engine.close()
+    ids = [10] + list(prompt.encode())
+    generator = tmp_path / "gpt.tflite"
+    export.to_tflite_generator(
+        trained_tiny, generator, cache_length=48, verification_data=tiny_corpus.validation[:2]
+    )
+    ours = export.load_generator(generator).generate([ids], 48 - len(ids), stop_token_ids=[0])
+    text = bytes(int(t) for t in ours[0, len(ids) :] if int(t) != 0).decode("utf-8", "replace")
+    assert engine_text and text.startswith(engine_text), (engine_text, text)
