@@ -26,6 +26,9 @@ FLAG_NAMES = (
     "export_verify",
     "export_calibration_windows",
     "export_verify_windows",
+    "generator",
+    "cache_length",
+    "prefill_lengths",
     "corpus_dir",
 )
 
@@ -63,6 +66,21 @@ VERIFY_WINDOWS = flags.DEFINE_integer(
     "Validation windows used to verify (bits per byte too).",
     lower_bound=1,
 )
+GENERATOR = flags.DEFINE_bool(
+    "generator",
+    False,
+    "Write a generator file (LiteRT-LM prefill/decode signatures with a KV cache): a "
+    ".tflite, or a .litertlm for Google's LiteRT-LM engine (byte tokenizer).",
+)
+CACHE_LENGTH = flags.DEFINE_integer(
+    "cache_length",
+    None,
+    "--generator: cache positions (default: the model's length).",
+    lower_bound=2,
+)
+PREFILL_LENGTHS = flags.DEFINE_list(
+    "prefill_lengths", None, "--generator: prefill bucket lengths (default 16,4,1)."
+)
 
 
 def run(argv):
@@ -95,6 +113,8 @@ def run(argv):
         data = (windows[:, :-1], windows[:, 1:])
         calibration = _spread(corpus.train, CALIBRATION_WINDOWS.value)[:, :-1]
     verify = VERIFY.value
+    if GENERATOR.value or out.endswith(".litertlm"):
+        return _export_generator(model, out, quantization, length, data, calibration, verify)
     if fmt == "tflite":
         report = tflite.to_tflite(
             model,
@@ -133,6 +153,36 @@ def run(argv):
             bpb_model=v.bpb_model,
             bpb_artifact=v.bpb_artifact,
         )
+    common.print_table([row], list(row))
+    return report
+
+
+def _export_generator(model, out, quantization, length, data, calibration, verify):
+    from keras_llmopt._src.export.generator import to_tflite_generator
+    from keras_llmopt._src.export.litertlm import to_litertlm
+
+    cache_length = CACHE_LENGTH.value or length
+    lengths = [int(n) for n in PREFILL_LENGTHS.value] if PREFILL_LENGTHS.value else None
+    kwargs = dict(
+        cache_length=cache_length,
+        prefill_lengths=lengths,
+        quantization=quantization,
+        verify=verify,
+        verification_data=None if data is None else data[0][:2],
+        representative_dataset=calibration if quantization == "int8" else None,
+    )
+    write = to_litertlm if out.endswith(".litertlm") else to_tflite_generator
+    report = write(model, out, **kwargs)
+    generator = report.summary.get("generator", {})
+    row = {
+        "artifact": report.path,
+        "format": report.format,
+        "quantization": report.quantization or "-",
+        "size_bytes": report.size_bytes,
+        "cache_length": cache_length,
+        "prefill_lengths": ",".join(str(n) for n in generator.get("prefill_lengths", [])),
+        "greedy_agreement": generator.get("greedy_agreement"),
+    }
     common.print_table([row], list(row))
     return report
 

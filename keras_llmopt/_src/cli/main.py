@@ -25,6 +25,10 @@ COMMANDS = {
         "keras_llmopt._src.cli.export_cmd",
         "Export a .keras model to a verified .tflite (any quantization), .onnx or SavedModel.",
     ),
+    "generate": (
+        "keras_llmopt._src.cli.generate_cmd",
+        "Stream text from a .keras model or a .tflite generator (KV cache) file.",
+    ),
     "demo": (
         "keras_llmopt._src.cli.demo_cmd",
         "The main job on the reference GPT: train or load, optimize, evaluate, report.",
@@ -60,6 +64,8 @@ examples:
   keras-llmopt demo --preset=tiny                # a quick run
   keras-llmopt train --preset=small --out=gpt.keras
   keras-llmopt evaluate --model=gpt.keras
+  keras-llmopt export --model=gpt.keras --out=gen.tflite --generator
+  keras-llmopt generate --model=gen.tflite --prompt="def main(" --max_new_tokens=64
 """
 
 
