@@ -42,6 +42,7 @@ from keras_llmopt._src.export.verification import (
     VerificationReport,
     verify,
 )
+from keras_llmopt._src.export.window_generator import WindowGenerator
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -56,6 +57,7 @@ __all__ = [
     "SignaturesVerification",
     "VerificationError",
     "VerificationReport",
+    "WindowGenerator",
     "load_generator",
     "load_runner",
     "measure_latency",
