@@ -242,3 +242,20 @@ def test_a_cell_past_its_time_limit_is_stopped_and_counted_failing(monkeypatch):
     cell = matrix_cells.run_cell(None, "endless", time_limit=0.3)
     assert cell.status == "fail" and "per-cell limit" in cell.text, cell.text
     assert cell.seconds < 5
+
+
+def test_generation_cells_pass_on_the_reference_gpt_and_refuse_rwkv7(tmp_path):
+    from keras_llmopt._src.benchmark import matrix_generation
+
+    ctx = matrix_cells.RowContext(matrix_models.MODELS["reference_gpt"].build(), str(tmp_path))
+    ctx.warm_up(20)
+    for name in matrix_generation.CELLS:
+        cell = matrix_cells.run_cell(ctx, name)
+        assert cell.status == "ok", (name, cell.message)
+    assert (
+        cell.figures["engine_text"]
+        == cell.figures["runner_text"][: len(cell.figures["engine_text"])]
+    )
+    rwkv = matrix_cells.RowContext(matrix_models.MODELS["rwkv7"].build(), str(tmp_path / "r"))
+    cell = matrix_cells.run_cell(rwkv, "generate")
+    assert cell.status == "refused" and "recurrent or hybrid" in cell.message, cell.message

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from keras_llmopt._src.benchmark import matrix_generation
 from keras_llmopt._src.benchmark import matrix_outcomes as outcomes
 
 SEQUENCE_LENGTH = 16
@@ -459,9 +460,10 @@ CELLS = {
     "onnx": onnx,
     "saved_model": saved_model,
     "save_load": save_load,
+    **matrix_generation.CELLS,
 }
 # Cells that claim integer matmuls (a float matmul there is a silent failure).
-INTEGER_CELLS = ("qat_int8", "ptq_int8", "int16x8")
+INTEGER_CELLS = ("qat_int8", "ptq_int8", "int16x8", "generator_int8")
 
 
 def run_cell(ctx, name, time_limit=None):
