@@ -147,7 +147,7 @@ def to_tflite_generator(
             representative_dataset, decoder, cache_length, "representative_dataset"
         )
         calibration = generator_signatures.signature_samples(
-            decoder, calibration_rows, cache_length, prefill_lengths, per_row=8
+            decoder, calibration_rows, cache_length, prefill_lengths, per_row=16
         )
 
         def data():

@@ -154,7 +154,7 @@ def step_inputs(decoder, tokens, start, caches, cache_length):
     return named
 
 
-def signature_samples(decoder, rows, cache_length, prefill_lengths, per_row=3):
+def signature_samples(decoder, rows, cache_length, prefill_lengths, per_row=8):
     """Inputs for every signature taken from real prefixes of token ``rows``.
 
     For each row, each prefill runs at position 0 on empty caches and at a later
