@@ -97,6 +97,18 @@ class RowContext:
         """Bytes of the row's verified fp32 ``.tflite`` (every size ratio's denominator)."""
         return self.shared("fp32", lambda: self.to_tflite(self.model, "fp32").size_bytes)
 
+    def qat_model(self, scheme="default_8bit"):
+        """The row's quantization-aware copy, calibrated (minmax) on 8 random rows."""
+
+        def build():
+            from keras_llmopt._src.quantization import calibrate, quantize
+
+            q = quantize.quantize_model(self.model, scheme=scheme)
+            calibrate.calibrate(q, self.sample(8, seed=2), batch_size=4)
+            return q
+
+        return self.shared(f"qat_{scheme}", build)
+
     def to_tflite(self, model, name, **kwargs):
         """``export.to_tflite`` of ``model`` to ``<name>.tflite`` at the row's length."""
         from keras_llmopt._src.export.tflite import to_tflite
@@ -206,7 +218,7 @@ def pruned_model(ctx):
 
 
 def qat_model(ctx, scheme="default_8bit"):
-    """The row's quantization-aware copy, calibrated (minmax) on 8 random rows.
+    """The row's quantization-aware copy (``RowContext.qat_model``).
 
     Example:
         >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
@@ -214,15 +226,7 @@ def qat_model(ctx, scheme="default_8bit"):
         >>> qat_model(ctx).quantize_report.scheme
         'default_8bit'
     """
-
-    def build():
-        from keras_llmopt._src.quantization import calibrate, quantize
-
-        q = quantize.quantize_model(ctx.model, scheme=scheme)
-        calibrate.calibrate(q, ctx.sample(8, seed=2), batch_size=4)
-        return q
-
-    return ctx.shared(f"qat_{scheme}", build)
+    return ctx.qat_model(scheme)
 
 
 def prune_strip(ctx):

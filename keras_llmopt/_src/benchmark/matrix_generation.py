@@ -60,10 +60,9 @@ def generate(ctx):
 
 
 def _generator(ctx, mode):
-    from keras_llmopt._src.benchmark.matrix_cells import qat_model
     from keras_llmopt._src.export.generator import to_tflite_generator
 
-    model = qat_model(ctx) if mode == "int8" else ctx.model
+    model = ctx.qat_model() if mode == "int8" else ctx.model
     report = to_tflite_generator(
         model,
         ctx.path(f"generator_{mode or 'fp32'}.tflite"),

@@ -17,7 +17,6 @@ from keras_llmopt._src.export import (
     converter,
     files,
     generator_signatures,
-    report,
     signature,
     tflite,
     tflite_modes,
@@ -203,16 +202,8 @@ def to_tflite_generator(
             )
         return summary, verification
 
-    summary, verification = files.publish(path, files.bytes_writer(content), check)
-    return report.ExportReport(
-        path=path,
-        format="tflite",
-        quantization=quantization,
-        size_bytes=report.artifact_size(path),
-        num_parameters=traced.num_parameters,
-        summary=summary,
-        verification=verification,
-        notes=tuple(notes),
+    return tflite.publish_flatbuffer(
+        path, content, check, quantization, traced.num_parameters, notes
     )
 
 

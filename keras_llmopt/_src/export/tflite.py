@@ -216,16 +216,8 @@ def to_tflite(
             )
         return summary, verification
 
-    summary, verification = files.publish(path, files.bytes_writer(content), check)
-    result = report.ExportReport(
-        path=path,
-        format="tflite",
-        quantization=quantization,
-        size_bytes=report.artifact_size(path),
-        num_parameters=int(model.count_params()),
-        summary=summary,
-        verification=verification,
-        notes=tuple(notes),
+    result = publish_flatbuffer(
+        path, content, check, quantization, int(model.count_params()), notes
     )
     logging.info("to_tflite: wrote %s (%d bytes)", path, result.size_bytes)
     return result
@@ -326,6 +318,30 @@ def build_flatbuffer(
         if compaction["reason"]:
             notes.append(f"flatbuffer not compacted: {compaction['reason']}")
     return content, compaction
+
+
+def publish_flatbuffer(path, content, check, quantization, num_parameters, notes):
+    """Writes a verified flatbuffer into place and returns its ``ExportReport``.
+
+    ``content`` is staged next to ``path``; ``check(temp) -> (summary, verification)``
+    runs on it and whatever it raises leaves ``path`` as it was.
+
+    Example:
+        >>> report = publish_flatbuffer("x.tflite", b"TFL3", lambda t: ({}, None), None, 0, [])
+        >>> report.size_bytes, report.format
+        (4, 'tflite')
+    """
+    summary, verification = files.publish(path, files.bytes_writer(content), check)
+    return report.ExportReport(
+        path=path,
+        format="tflite",
+        quantization=quantization,
+        size_bytes=report.artifact_size(path),
+        num_parameters=num_parameters,
+        summary=summary,
+        verification=verification,
+        notes=tuple(notes),
+    )
 
 
 def inspect_staged(temp, compaction, notes):
