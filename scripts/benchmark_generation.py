@@ -34,7 +34,9 @@ PRESET = flags.DEFINE_string("preset", "small", "Reference GPT preset.")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Training steps (default: preset's).")
 QAT_STEPS = flags.DEFINE_integer("qat_steps", 60, "QAT fine-tune steps.")
 PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Prompt length.")
-REPEATS = flags.DEFINE_integer("repeats", 3, "Timed generations per row (median).")
+REPEATS = flags.DEFINE_integer(
+    "repeats", 9, "Timed rounds (every runner generates once per round; median)."
+)
 BPB_WINDOWS = flags.DEFINE_integer("bpb_windows", 8, "Validation windows for bits per byte.")
 OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 MODES = {
@@ -86,6 +88,39 @@ def _time(fn, repeats):
     return {key: float(np.median([f[key] for f in found])) for key in found[0]}
 
 
+def _time_generators(rows, folder, prompt, new):
+    """Prefill / decode tokens/s per variant and thread count, in interleaved rounds.
+
+    Every round generates once with every (variant, threads) runner in a shuffled order,
+    so a slow moment of the machine is spread over all rows; each figure is the median.
+    """
+    from keras_llmopt import export
+
+    runners = {
+        (row["variant"], threads): export.load_generator(
+            os.path.join(folder, f"{row['variant']}.tflite"), num_threads=threads
+        )
+        for row in rows
+        for threads in (1, 2)
+    }
+    found = {key: [] for key in runners}
+    order = list(runners)
+    rng = np.random.default_rng(0)
+    for round_index in range(REPEATS.value + 1):  # round 0 warms up
+        rng.shuffle(order)
+        for key in order:
+            runners[key].generate(prompt, new)
+            if round_index:
+                found[key].append(dict(runners[key].last_stats))
+    logging.info("timed %d rounds of %d runners", REPEATS.value, len(runners))
+    for row in rows:
+        for threads in (1, 2):
+            stats = found[(row["variant"], threads)]
+            for phase in ("prefill", "decode"):
+                rates = [s[f"{phase}_tokens_per_second"] for s in stats]
+                row[f"{phase}_tok_s_{threads}t"] = float(np.median(rates))
+
+
 def _bpb_from_logits(logits, targets):
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -133,19 +168,7 @@ def main(argv):
             "greedy_agreement": report.summary["generator"]["greedy_agreement"],
         }
         expected = keras_greedy if name == "fp32" else generation.generate(model, prompt, new)
-        for threads in (1, 2):
-            runner = export.load_generator(path, num_threads=threads)
-
-            def once(runner=runner):
-                runner.generate(prompt, new)
-                stats = runner.last_stats
-                return {
-                    k: stats[k] for k in ("prefill_tokens_per_second", "decode_tokens_per_second")
-                }
-
-            timed = _time(once, REPEATS.value)
-            row[f"prefill_tok_s_{threads}t"] = timed["prefill_tokens_per_second"]
-            row[f"decode_tok_s_{threads}t"] = timed["decode_tokens_per_second"]
+        runner = export.load_generator(path, num_threads=2)
         greedy = runner.generate(prompt, new)
         row["greedy_identical_free_run"] = float(
             np.mean(greedy[0, PROMPT_TOKENS.value :] == expected[0, PROMPT_TOKENS.value :])
@@ -157,6 +180,7 @@ def main(argv):
         row["bpb_window_file"] = float(np.mean(bpb_fixed))
         rows.append(row)
         logging.info("%s", row)
+    _time_generators(rows, folder, prompt, new)
     baselines = []
     for jit in (False, True):
 

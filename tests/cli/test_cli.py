@@ -59,6 +59,8 @@ def test_tiny_demo_end_to_end_then_cached(tmp_path):
     assert data["rows"][0]["trained"] == "now"
     assert data["rows"][0]["bpb"] < 7.0
     assert "keras_fp32" in first.stdout
+    # It ends with text generated from its best compressed file (the only one here).
+    assert "sample from the best compressed artifact, tflite_dynamic_int8" in first.stdout
     second = _cli(
         "demo",
         "--preset=tiny",

@@ -42,6 +42,10 @@ def test_demo_tiny_writes_the_full_report(trained_tiny, tmp_path):
     assert (out / "size_vs_bpb.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "artifacts").exists()  # temporary unless --keep_artifacts
     assert "klo_pruned50_sparse_tflite" in result.stdout and "demo (gpt_tiny)" in result.stdout
+    sample = result.stdout.split("sample from the best compressed artifact, ")[1]
+    best = sample.split(" ")[0]
+    assert rows[best]["verified"] is True and best != "tflite_fp32"
+    assert rows[best]["size_bytes"] < rows["tflite_fp32"]["size_bytes"]
     # The matched control: every fine-tuned row is compared with the dense fine-tune.
     control = rows["dense_finetuned_fp32"]["bpb"]
     for name in ("klo_pruned50_dynamic_int8", "klo_qat_int8", "klo_cluster16"):

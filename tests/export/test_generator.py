@@ -14,19 +14,34 @@ CACHE = 32
 
 
 def _matmul_input_dtypes(path):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    """``Counter((subgraph, op, input dtypes))`` over every subgraph of the file."""
+    from tensorflow.lite.python import schema_py_generated as schema
 
-    interpreter = Interpreter(
-        model_path=str(path),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    return collections.Counter(
-        (op["op_name"], tuple(tensors[i]["dtype"].__name__ for i in op["inputs"][:2]))
-        for op in interpreter._get_ops_details()
-        if op["op_name"] in ("FULLY_CONNECTED", "BATCH_MATMUL")
-    )
+    model = schema.Model.GetRootAs(open(path, "rb").read(), 0)
+    ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    found = collections.Counter()
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for i in range(subgraph.OperatorsLength()):
+            op = subgraph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = ops[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+            if name in ("FULLY_CONNECTED", "BATCH_MATMUL"):
+                dtypes = tuple(types[subgraph.Tensors(op.Inputs(k)).Type()] for k in (0, 1))
+                found[(subgraph.Name().decode(), name, dtypes)] += 1
+    return found
+
+
+def _tensor_names(path):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(open(path, "rb").read(), 0)
+    return [
+        model.Subgraphs(g).Tensors(t).Name().decode()
+        for g in range(model.SubgraphsLength())
+        for t in range(model.Subgraphs(g).TensorsLength())
+    ]
 
 
 def _signature_io(path):
@@ -116,8 +131,13 @@ def test_quantized_generators_round_trip_against_keras(trained_tiny, tiny_corpus
         report.size_bytes < {"float16": 0.65, "dynamic_int8": 0.4, "int4": 0.4}[mode] * fp32_bytes
     )
     dtypes = _matmul_input_dtypes(path)
-    if mode in ("dynamic_int8", "int4"):  # LiteRT reports packed int4 weights as int8
-        assert dtypes[("FULLY_CONNECTED", ("float32", "int8"))] >= 8, dtypes
+    if mode == "int4":  # names shortened, unique model-wide, before the quantizer ran
+        names = _tensor_names(path)
+        assert len(names) == len(set(names)) and not any("/" in n for n in names), names[:9]
+    weights = {"dynamic_int8": "int8", "int4": "int4"}.get(mode)
+    if weights:  # every signature's dense layers read the quantized weights
+        for signature in ("decode", "prefill_1", "prefill_4", "prefill_16"):
+            assert dtypes[(signature, "FULLY_CONNECTED", ("float32", weights))] >= 8, dtypes
 
 
 def test_qat_generator_is_full_integer_in_both_signatures(trained_tiny, tiny_corpus, tmp_path):
@@ -137,11 +157,29 @@ def test_qat_generator_is_full_integer_in_both_signatures(trained_tiny, tiny_cor
     )
     assert report.summary["generator"]["greedy_agreement"] >= 0.9
     dtypes = _matmul_input_dtypes(path)
-    assert set(dtypes) == {
+    # Every matmul of every signature (decode and each prefill bucket) reads int8.
+    assert {(op, inputs) for _, op, inputs in dtypes} == {
         ("FULLY_CONNECTED", ("int8", "int8")),
         ("BATCH_MATMUL", ("int8", "int8")),
     }
+    signatures = {"decode", "prefill_1", "prefill_4", "prefill_16"}
+    for op in ("FULLY_CONNECTED", "BATCH_MATMUL"):
+        assert {s for s, o, _ in dtypes if o == op} == signatures, dtypes
     assert not report.summary["float_matmuls"]
+
+
+def test_strict_int8_generator_names_a_float_matmul_in_each_signature(trained_tiny, tmp_path):
+    model = quantization.quantize_model(trained_tiny, ignore=["block_0_mlp_down"])
+    path = tmp_path / "qat.tflite"
+    with pytest.raises(ValueError, match="allow_float_ops=True") as raised:
+        export.to_tflite_generator(
+            model, path, cache_length=16, prefill_lengths=(4,), quantization="int8", verify=False
+        )
+    # The float layer is found in the prefill subgraph too, not only the first one (the
+    # head, which prefill does not run, would be in decode only).
+    for signature in ("decode", "prefill"):  # one prefill length: plain "prefill"
+        assert f"block_0_mlp_down' in '{signature}'" in str(raised.value), raised.value
+    assert not path.exists()
 
 
 def _counting_model(vocab=16, length=32):

@@ -110,7 +110,10 @@ def run_and_report(
     finetune_steps_default=None,
     eval_windows=None,
 ):
-    """Runs the benchmark, prints the table, writes the report; returns the result.
+    """Runs the benchmark, prints the table, writes the report.
+
+    Returns ``(result, paths)``: the report's paths, with ``paths["artifacts"]`` the
+    ``{variant: file}`` the run wrote (before rows of temporary files lose their path).
 
     ``finetune_steps_default`` and ``eval_windows`` replace the benchmark's defaults
     when --finetune_steps / --eval_windows are not given (the demo's shorter budget).
@@ -139,6 +142,7 @@ def run_and_report(
     )
     if trained is not None:
         result.row("keras_fp32")["trained"] = trained
+    artifact_paths = {row["variant"]: row.get("artifact") for row in result.rows}
     if not keep_paths:  # the artifacts were temporary
         for row in result.rows:
             row["artifact"] = None
@@ -152,7 +156,7 @@ def run_and_report(
         json_path=json_path,
         extra={"benchmark_seconds": time.time() - start, **(extra or {})},
     )
-    return result, paths
+    return result, {**paths, "artifacts": artifact_paths}
 
 
 def run(argv):

@@ -4,7 +4,8 @@ Train (or load the cached) reference GPT, then the whole workflow as benchmark
 variants: converter exports (fp32, float16, dynamic int8, full-integer int8), Keras-native
 int8/int4, ONNX, pruning fine-tune + strip + sparse / int8 exports, QAT + full-integer
 int8, clustering, and the tfmot anchors; every export verified against Keras. Prints the
-side-by-side table and writes a report folder.
+side-by-side table, writes a report folder and ends with a sample of text generated from
+the best compressed artifact (``demo_sample``).
 
 The demo is a first impression, so it runs on a shorter budget than ``keras-llmopt
 benchmark`` (``DEMO_BUDGET``: fewer training and fine-tune steps, fewer evaluation
@@ -19,7 +20,7 @@ import time
 
 from absl import logging
 
-from keras_llmopt._src.cli import benchmark_cmd
+from keras_llmopt._src.cli import benchmark_cmd, demo_sample
 from keras_llmopt._src.cli import flags as cli_flags
 from keras_llmopt._src.reference.config import DEFAULT_TRAIN_STEPS, GPTConfig
 
@@ -89,6 +90,7 @@ def run(argv):
             finetune_steps_default=budget.get("finetune_steps"),
             eval_windows=budget.get("eval_windows"),
         )
+        demo_sample.print_sample(result.rows, paths["artifacts"], corpus)
     finally:
         if not keep:
             shutil.rmtree(artifacts, ignore_errors=True)

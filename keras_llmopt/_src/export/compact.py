@@ -191,7 +191,10 @@ def _unsupported_model(model):
     """Why the unpacked model cannot be rewritten faithfully, or ``None``."""
     for buffer in model.buffers or ():
         if buffer.offset or buffer.size:
-            return "buffers are stored after the flatbuffer (Buffer.offset/size, > 2 GB)"
+            return (
+                "buffers are stored after the flatbuffer (Buffer.offset/size: a model over "
+                "2 GB, or a tool such as the AI Edge Quantizer wrote them so)"
+            )
     if model.externalBuffers or model.externalBufferGroups:
         return "the model refers to external buffers"
     for subgraph in model.subgraphs or ():
@@ -292,8 +295,9 @@ def _unknown_fields(schema, root):
 def _shorten_tensor_names(model):
     """Names each tensor no input, output or signature exposes ``t<index>``; returns how many.
 
-    Exposed and variable tensors keep their names; a short name that one of them already
-    uses gets ``_`` appended until it is unique in its subgraph.
+    Exposed and variable tensors keep their names; tensors of subgraph ``g > 0`` are
+    ``s<g>t<index>``; a short name already in use gets ``_`` appended until it is unique
+    in the model.
     """
     exposed = collections.defaultdict(set)
     for index, subgraph in enumerate(model.subgraphs or ()):
@@ -304,14 +308,21 @@ def _shorten_tensor_names(model):
         for tensor_map in list(signature.inputs or ()) + list(signature.outputs or ()):
             exposed[signature.subgraphIndex].add(int(tensor_map.tensorIndex))
     renamed = 0
-    for index, subgraph in enumerate(model.subgraphs or ()):
-        tensors = list(subgraph.tensors or ())
-        kept = {p for p, t in enumerate(tensors) if p in exposed[index] or t.isVariable}
-        used = {tensors[p].name for p in kept}
-        for position, tensor in enumerate(tensors):
-            if position in kept:
+    subgraphs = list(enumerate(model.subgraphs or ()))
+    kept = {
+        index: {
+            p for p, t in enumerate(subgraph.tensors or ()) if p in exposed[index] or t.isVariable
+        }
+        for index, subgraph in subgraphs
+    }
+    # Unique in the whole model, not only in its subgraph: tools such as the AI Edge
+    # Quantizer look tensors up by name across the signatures.
+    used = {subgraph.tensors[p].name for index, subgraph in subgraphs for p in kept[index]}
+    for index, subgraph in subgraphs:
+        for position, tensor in enumerate(subgraph.tensors or ()):
+            if position in kept[index]:
                 continue
-            name = f"t{position}".encode()
+            name = (f"t{position}" if index == 0 else f"s{index}t{position}").encode()
             while name in used:
                 name += b"_"
             used.add(name)

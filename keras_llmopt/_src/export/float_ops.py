@@ -11,8 +11,6 @@ unless the caller accepts float ops.
 import dataclasses
 import re
 
-import numpy as np
-
 from keras_llmopt._src.export.report import MATMUL_OPS
 
 # Refused in "int8"; listed (not refused) in "int16x8", where LiteRT has no int16 GELU
@@ -30,6 +28,7 @@ class FloatMatmul:
         op: The TFLite op (``"FULLY_CONNECTED"``, ``"BATCH_MATMUL"``, ...).
         layer: The layer path it was traced from (its output tensor's name, cleaned).
         input_dtypes: The dtypes of its first two inputs.
+        subgraph: The subgraph (signature) it is in, where the file has several.
 
     Example:
         >>> str(FloatMatmul("FULLY_CONNECTED", "gpt/block_0/mlp_down", ("float32", "int8")))
@@ -39,9 +38,11 @@ class FloatMatmul:
     op: str
     layer: str
     input_dtypes: tuple
+    subgraph: str = ""
 
     def __str__(self):
-        return f"{self.op} at {self.layer!r} (inputs {', '.join(self.input_dtypes)})"
+        where = f" in {self.subgraph!r}" if self.subgraph else ""
+        return f"{self.op} at {self.layer!r}{where} (inputs {', '.join(self.input_dtypes)})"
 
 
 _SUFFIX = re.compile(r"(_\d+)$")
@@ -76,13 +77,16 @@ def layer_of(tensor_name):
 
 
 def find_float_matmuls(content):
-    """The matmul-like ops of a flatbuffer that read a float input.
+    """The matmul-like ops of a flatbuffer that read a float input, in every subgraph.
+
+    A file with several signatures (a generator's ``prefill_<L>`` and ``decode``) holds
+    one subgraph per signature; each is read, and a float op names its subgraph.
 
     Args:
         content: The ``.tflite`` bytes.
 
     Returns:
-        A list of :class:`FloatMatmul`, in graph order.
+        A list of :class:`FloatMatmul`, in subgraph and graph order.
 
     Example:
         >>> from keras_llmopt import export, reference
@@ -90,22 +94,30 @@ def find_float_matmuls(content):
         >>> len(find_float_matmuls(open(r.path, "rb").read())) > 0
         True
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tensorflow.lite.python import schema_py_generated as schema
 
-    interpreter = Interpreter(
-        model_content=bytes(content),
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    if not content:
+        return []
+    model = schema.Model.GetRootAs(bytes(content), 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    several = model.SubgraphsLength() > 1
     found = []
-    for op in interpreter._get_ops_details():
-        if op["op_name"] not in MATMUL_OPS:
-            continue
-        dtypes = tuple(np.dtype(tensors[i]["dtype"]).name for i in op["inputs"][:2] if i in tensors)
-        if all(d in _INTEGER for d in dtypes):
-            continue
-        outputs = [tensors[i]["name"] for i in op["outputs"] if i in tensors]
-        found.append(FloatMatmul(op["op_name"], layer_of(outputs[0] if outputs else ""), dtypes))
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        where = (subgraph.Name() or b"").decode() if several else ""
+        for i in range(subgraph.OperatorsLength()):
+            op = subgraph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+            if name not in MATMUL_OPS:
+                continue
+            inputs = [int(op.Inputs(k)) for k in range(min(2, op.InputsLength()))]
+            dtypes = tuple(type_names[subgraph.Tensors(t).Type()] for t in inputs if t >= 0)
+            if all(d in _INTEGER for d in dtypes):
+                continue
+            output = (subgraph.Tensors(int(op.Outputs(0))).Name() or b"").decode()
+            found.append(FloatMatmul(name, layer_of(output), dtypes, where))
     return found
 
 

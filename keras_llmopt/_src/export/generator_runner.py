@@ -1,11 +1,15 @@
 """``load_generator``: generate text from a LiteRT generator file (prefill + decode).
 
-The runner keeps the caches as NumPy arrays and feeds them through the file's
-signatures: the prompt's first ``T - 1`` tokens go through the prefill buckets
+The runner drives the file through LiteRT's ``CompiledModel`` API, the one LiteRT-LM
+and Android apps use, the way LiteRT-LM does: each prompt row owns one set of cache
+buffers, passed to a signature as its ``kv_cache_*`` inputs *and* outputs, so the
+caches stay in place from step to step and from signature to signature (no copy of
+the cache in or out per token; only the tokens, positions and mask are written and
+the logits read). The prompt's first ``T - 1`` tokens go through the prefill buckets
 (largest bucket that fits first; a remainder shorter than every bucket is padded, the
-padding's cache slots being overwritten by the decode steps before any query may
-see them), then ``decode`` runs once per token, the last prompt token first. The
-same schedule and the same :class:`Sampler` as ``generation.generate`` give the same
+padding's cache slots being overwritten by the decode steps before any query may see
+them), then ``decode`` runs once per token, the last prompt token first. The same
+schedule and the same :class:`Sampler` as ``generation.generate`` give the same
 tokens for the same logits and seed.
 """
 
@@ -17,6 +21,55 @@ from keras_llmopt._src.export import generator_signatures as names
 from keras_llmopt._src.export.files import check_path
 from keras_llmopt._src.generation.generate import StopTracker, check_length, check_prompt
 from keras_llmopt._src.generation.sampling import Sampler, sampling_config
+
+
+def _compiled_model(path, num_threads):
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.cpu_options import CpuOptions
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import Options
+
+    options = Options(
+        hardware_accelerators=HardwareAccelerator.CPU,
+        cpu_options=CpuOptions(num_threads=int(num_threads or 0)),
+    )
+    return CompiledModel.from_file(path, options=options)
+
+
+class _Signature:
+    """One signature's token, position and mask buffers (and logits, for decode)."""
+
+    def __init__(self, model, key):
+        self.key = key
+        self.model = model
+        details = model.get_input_tensor_details(key)
+        self.length = int(details[names.INPUT_POS]["shape"][0])
+        self.has_mask = names.MASK in details
+        self.inputs = {
+            name: model.create_input_buffer_by_name(key, name)
+            for name in (names.TOKENS, names.INPUT_POS, names.MASK)
+            if name in details
+        }
+        outputs = model.get_output_tensor_details(key)
+        self.logits = None
+        if names.LOGITS in outputs:
+            self.logits = model.create_output_buffer_by_name(key, names.LOGITS)
+            self.logits_size = int(np.prod(outputs[names.LOGITS]["shape"]))
+
+    def run(self, tokens, start, caches, cache_length):
+        """Runs on ``tokens`` ``[1, length]`` at ``start``, updating ``caches`` in place."""
+        positions = np.arange(start, start + tokens.shape[1], dtype="int32")
+        self.inputs[names.TOKENS].write(np.ascontiguousarray(tokens, "int32"))
+        self.inputs[names.INPUT_POS].write(positions)
+        if self.has_mask:
+            self.inputs[names.MASK].write(names.causal_mask(positions, cache_length))
+        outputs = dict(caches)
+        if self.logits is not None:
+            outputs[names.LOGITS] = self.logits
+        self.model.run_by_name(self.key, {**self.inputs, **caches}, outputs)
+        if self.logits is None:
+            return None
+        return self.logits.read(self.logits_size, np.float32)
 
 
 class GeneratorRunner:
@@ -47,37 +100,33 @@ class GeneratorRunner:
     """
 
     def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
-
         self.path = check_path(path)
-        self.interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
-        signatures = self.interpreter.get_signature_list()
+        self._model = _compiled_model(self.path, num_threads)
+        signatures = self._model.get_signature_list()
         if names.DECODE not in signatures:
             raise ValueError(
                 f"{self.path!r} is not a generator file: it has signatures "
                 f"{sorted(signatures)}, no {names.DECODE!r}. Write one with "
                 "export.to_tflite_generator"
             )
-        self._runners = {key: self.interpreter.get_signature_runner(key) for key in signatures}
-        decode = self._runners[names.DECODE]
-        inputs = decode.get_input_details()
+        inputs = self._model.get_input_tensor_details(names.DECODE)
         self.num_slots = sum(1 for key in inputs if key.startswith("kv_cache_k_"))
         self._cache_inputs = {
-            key: (tuple(detail["shape"]), np.dtype(detail["dtype"]))
+            key: (tuple(int(n) for n in detail["shape"]), np.dtype(detail["dtype"]))
             for key, detail in inputs.items()
             if key.startswith("kv_cache_")
         }
-        self.has_mask = names.MASK in inputs
-        if self.has_mask:
+        if names.MASK in inputs:
             self.cache_length = int(inputs[names.MASK]["shape"][-1])
         else:
             self.cache_length = int(next(iter(self._cache_inputs.values()))[0][1])
-        self.vocab_size = int(decode.get_output_details()[names.LOGITS]["shape"][-1])
+        self._decode = _Signature(self._model, names.DECODE)
+        self.vocab_size = self._decode.logits_size
         buckets = {}
         for key in signatures:
             if key.startswith("prefill"):
-                length = int(self._runners[key].get_input_details()[names.INPUT_POS]["shape"][0])
-                buckets[length] = key
+                signature = _Signature(self._model, key)
+                buckets[signature.length] = signature
         self._prefills = dict(sorted(buckets.items(), reverse=True))
         self.prefill_lengths = tuple(self._prefills)
         self.last_stats = {}
@@ -86,15 +135,20 @@ class GeneratorRunner:
         """Zero caches for one row, keyed by input name."""
         return {key: np.zeros(shape, dtype) for key, (shape, dtype) in self._cache_inputs.items()}
 
-    def _run(self, key, tokens, start, caches):
-        positions = np.arange(start, start + tokens.shape[1], dtype="int32")
-        feeds = dict(caches)
-        feeds[names.TOKENS] = tokens.astype("int32")
-        feeds[names.INPUT_POS] = positions
-        if self.has_mask:
-            feeds[names.MASK] = names.causal_mask(positions, self.cache_length)
-        outputs = self._runners[key](**feeds)
-        return outputs, {name: outputs[name] for name in caches}
+    def _cache_buffers(self, values=None):
+        """One row's cache buffers (shared by every signature), zero or from ``values``."""
+        values = values or self.empty_caches()
+        buffers = {}
+        for key in self._cache_inputs:
+            buffers[key] = self._model.create_input_buffer_by_name(names.DECODE, key)
+            buffers[key].write(np.ascontiguousarray(values[key]))
+        return buffers
+
+    def _read_caches(self, buffers):
+        return {
+            key: buffers[key].read(int(np.prod(shape)), dtype).reshape(shape)
+            for key, (shape, dtype) in self._cache_inputs.items()
+        }
 
     def prefill(self, tokens, caches, start=0):
         """Writes ``tokens`` ``[1, n]`` into ``caches`` from ``start``; returns the caches.
@@ -105,6 +159,11 @@ class GeneratorRunner:
             >>> float(np.abs(caches["kv_cache_k_0"][0, :6]).sum()) > 0
             True
         """
+        buffers = self._cache_buffers(caches)
+        self._prefill(np.asarray(tokens), buffers, start)
+        return self._read_caches(buffers)
+
+    def _prefill(self, tokens, buffers, start):
         remaining = tokens
         while remaining.shape[1]:
             fitting = [n for n in self._prefills if n <= remaining.shape[1]]
@@ -120,11 +179,10 @@ class GeneratorRunner:
                     f"Prefill of {length} tokens at position {start} overruns the cache "
                     f"length ({self.cache_length}) of {self.path!r}"
                 )
-            _, caches = self._run(self._prefills[length], chunk, start, caches)
+            self._prefills[length].run(chunk, start, buffers, self.cache_length)
             consumed = min(length, remaining.shape[1])
             start += consumed
             remaining = remaining[:, consumed:]
-        return caches
 
     def sequence_logits(self, tokens):
         """Decode logits ``[T, V]`` at each position of one row ``tokens`` ``[T]``.
@@ -140,11 +198,11 @@ class GeneratorRunner:
         """
         row = check_prompt(tokens, self.vocab_size)[0]
         check_length(len(row), 0, self.cache_length, f"the cache length of {self.path!r}")
-        caches = self.empty_caches()
-        found = []
-        for position, token in enumerate(row):
-            outputs, caches = self._run(names.DECODE, np.array([[token]]), position, caches)
-            found.append(outputs[names.LOGITS].reshape(-1))
+        buffers = self._cache_buffers()
+        found = [
+            self._decode.run(np.array([[token]]), position, buffers, self.cache_length)
+            for position, token in enumerate(row)
+        ]
         return np.stack(found)
 
     def stream(
@@ -188,15 +246,16 @@ class GeneratorRunner:
         rows = []
         began = time.perf_counter()
         for row in prompt:
-            caches = self.prefill(row[None, :-1], self.empty_caches())
-            rows.append([caches, row[None, -1:]])
+            buffers = self._cache_buffers()
+            self._prefill(row[None, :-1], buffers, 0)
+            rows.append([buffers, row[None, -1:]])
         stats["prefill_seconds"] = time.perf_counter() - began
         for step in range(max_new_tokens):
             began = time.perf_counter()
-            logits = []
-            for entry in rows:
-                outputs, entry[0] = self._run(names.DECODE, entry[1], length - 1 + step, entry[0])
-                logits.append(outputs[names.LOGITS].reshape(-1))
+            logits = [
+                self._decode.run(token, length - 1 + step, buffers, self.cache_length)
+                for buffers, token in rows
+            ]
             stats["decode_seconds"] += time.perf_counter() - began
             stats["new_tokens"] += 1
             _rates(stats)

@@ -309,6 +309,10 @@ def build_flatbuffer(
                 "(integer_only=True keeps them integer)"
             )
     if mode.int4_weights:
+        if compact_file:
+            # The quantizer writes its weights after the flatbuffer, which compaction
+            # cannot rewrite: names are shortened before, while it still can.
+            content, _ = compact.compact_tflite(content)
         content = int4.quantize_weights_int4(content, block_size)
         granularity = "per output channel" if block_size is None else f"blocks of {block_size}"
         notes.append(f"int4 weights ({granularity}) by the AI Edge Quantizer")

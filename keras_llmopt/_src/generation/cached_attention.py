@@ -207,13 +207,17 @@ def _attention_hook(path, layer, context):
             projections = attention_internals.projections(layer)
             key_cache = _write(key_cache, key, context.start)
             value_cache = _write(value_cache, value, context.start)
+            # The caches returned are the written ones; attention reads them back through
+            # the projections' output quantizers (QAT: int8 attention matmuls). The new
+            # rows are already on those grids, so the returned caches lose nothing, and a
+            # file does not dequantize whole caches again per step.
+            context.updated.append((key_cache, value_cache))
             if "key" in projections:
                 key_cache = layer_state.reapply_outputs(projections["key"], key_cache, training)
             if "value" in projections:
                 value_cache = layer_state.reapply_outputs(
                     projections["value"], value_cache, training
                 )
-            context.updated.append((key_cache, value_cache))
             batch = ops.shape(query)[0]
             mask = context.allowed(batch, key_cache.shape[1])
             kw.pop("use_causal_mask", None)
