@@ -98,6 +98,21 @@ def _buffer_bytes(path):
     return sum(len(b.data) for b in model.buffers if b.data is not None)
 
 
+def test_a_remainder_that_cannot_be_padded_goes_through_decode(trained_tiny, tmp_path):
+    path = tmp_path / "gen.tflite"
+    export.to_tflite_generator(trained_tiny, path, cache_length=12, prefill_lengths=(8,))
+    runner = export.load_generator(path)
+    # 10 prompt tokens to prefill: one bucket of 8, then 2 that padding to 8 would push
+    # past the 12 cache positions, so they are written by decode steps.
+    prompt = np.asarray([[72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108]], "int32")
+    expected = generation.generate(trained_tiny, prompt, 1)
+    np.testing.assert_array_equal(runner.generate(prompt, 1), expected)
+    short = prompt[:, :4]  # 3 tokens, padded to the bucket of 8
+    np.testing.assert_array_equal(
+        runner.generate(short, 8), generation.generate(trained_tiny, short, 8)
+    )
+
+
 def test_the_generator_file_stores_the_weights_once(tmp_path):
     model = reference.build_gpt("tiny", seed=0)
     fixed = export.to_tflite(model, tmp_path / "fixed.tflite", sequence_length=CACHE)
@@ -136,7 +151,7 @@ def test_quantized_generators_round_trip_against_keras(trained_tiny, tiny_corpus
         assert len(names) == len(set(names)) and not any("/" in n for n in names), names[:9]
     weights = {"dynamic_int8": "int8", "int4": "int4"}.get(mode)
     if weights:  # every signature's dense layers read the quantized weights
-        for signature in ("decode", "prefill_1", "prefill_4", "prefill_16"):
+        for signature in ("decode", "prefill_4", "prefill_16"):
             assert dtypes[(signature, "FULLY_CONNECTED", ("float32", weights))] >= 8, dtypes
 
 
@@ -162,7 +177,7 @@ def test_qat_generator_is_full_integer_in_both_signatures(trained_tiny, tiny_cor
         ("FULLY_CONNECTED", ("int8", "int8")),
         ("BATCH_MATMUL", ("int8", "int8")),
     }
-    signatures = {"decode", "prefill_1", "prefill_4", "prefill_16"}
+    signatures = {"decode", "prefill_4", "prefill_16"}  # the default buckets
     for op in ("FULLY_CONNECTED", "BATCH_MATMUL"):
         assert {s for s, o, _ in dtypes if o == op} == signatures, dtypes
     assert not report.summary["float_matmuls"]

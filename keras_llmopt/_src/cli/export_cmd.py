@@ -79,7 +79,7 @@ CACHE_LENGTH = flags.DEFINE_integer(
     lower_bound=2,
 )
 PREFILL_LENGTHS = flags.DEFINE_list(
-    "prefill_lengths", None, "--generator: prefill bucket lengths (default 16,4,1)."
+    "prefill_lengths", None, "--generator: prefill bucket lengths (default 16,4)."
 )
 
 

@@ -28,7 +28,9 @@ from keras_llmopt._src.generation.decoders import decoder_for
 from keras_llmopt._src.generation.generate import generate
 
 GENERATOR_MODES = (None, "float16", "dynamic_int8", "int8", "int4")
-DEFAULT_PREFILL_LENGTHS = (16, 4, 1)
+# No 1-token bucket by default: ``decode`` writes one position as well (it also returns
+# logits), and each signature adds its op tables to the file.
+DEFAULT_PREFILL_LENGTHS = (16, 4)
 _VERIFY_ROWS = 2
 _GREEDY_PROMPT = 4
 
@@ -72,8 +74,9 @@ def to_tflite_generator(
             functional GPT, a KerasHub CausalLM; pruned, QAT, clustered too).
         path: Output ``.tflite`` path.
         cache_length: Positions of the caches: prompt + generated tokens must fit.
-        prefill_lengths: Token counts of the prefill signatures (default ``(16, 4,
-            1)``, those below ``cache_length``).
+        prefill_lengths: Token counts of the prefill signatures (default ``(16, 4)``,
+            those below ``cache_length``; a shorter remainder is padded, or fed
+            through ``decode`` where padding would overrun the cache).
         quantization: ``None`` (float32), ``"float16"``, ``"dynamic_int8"``, ``"int8"``
             (a QAT model: its learned ranges; a float model: calibrated on
             ``representative_dataset``) or ``"int4"`` (weights).

@@ -8,9 +8,10 @@ the cache in or out per token; only the tokens, positions and mask are written a
 the logits read). The prompt's first ``T - 1`` tokens go through the prefill buckets
 (largest bucket that fits first; a remainder shorter than every bucket is padded, the
 padding's cache slots being overwritten by the decode steps before any query may see
-them), then ``decode`` runs once per token, the last prompt token first. The same
-schedule and the same :class:`Sampler` as ``generation.generate`` give the same
-tokens for the same logits and seed.
+them, or goes through ``decode`` where padding would overrun the cache), then
+``decode`` runs once per token, the last prompt token first. The same schedule and
+the same :class:`Sampler` as ``generation.generate`` give the same tokens for the
+same logits and seed.
 """
 
 import time
@@ -167,19 +168,24 @@ class GeneratorRunner:
         remaining = tokens
         while remaining.shape[1]:
             fitting = [n for n in self._prefills if n <= remaining.shape[1]]
+            shortest = min(self._prefills, default=None)
             if fitting:
                 length = fitting[0]
-                chunk = remaining[:, :length]
-            else:  # shorter than every bucket: pad with its last token
-                length = min(self._prefills)
+                signature, chunk = self._prefills[length], remaining[:, :length]
+            elif shortest is not None and start + shortest <= self.cache_length:
+                # Shorter than every bucket: padded with its last token (the padding's
+                # slots are overwritten before any query may see them).
+                length, signature = shortest, self._prefills[shortest]
                 pad = np.repeat(remaining[:, -1:], length - remaining.shape[1], axis=1)
                 chunk = np.concatenate([remaining, pad], axis=1)
+            else:  # padding would overrun the cache: decode writes one position
+                length, signature, chunk = 1, self._decode, remaining[:, :1]
             if start + length > self.cache_length:
                 raise ValueError(
                     f"Prefill of {length} tokens at position {start} overruns the cache "
                     f"length ({self.cache_length}) of {self.path!r}"
                 )
-            self._prefills[length].run(chunk, start, buffers, self.cache_length)
+            signature.run(chunk, start, buffers, self.cache_length)
             consumed = min(length, remaining.shape[1])
             start += consumed
             remaining = remaining[:, consumed:]
