@@ -232,6 +232,25 @@ def test_keras_hub_llama_generator_round_trips(tmp_path):
     )
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_keras_hub_qat_generators_are_full_integer_in_every_signature(tmp_path, family):
+    # GPT-2 attends with Keras's MultiHeadAttention (its cache is read back through the
+    # key/value projections' quantizers); Llama with inline einsums.
+    from keras_llmopt._src.benchmark.matrix_cells import RowContext
+
+    ctx = RowContext(matrix_models.MODELS[family].build(), str(tmp_path))
+    ctx.warm_up(40)
+    q = ctx.qat_model()
+    path = tmp_path / "qat.tflite"
+    report = export.to_tflite_generator(
+        q, path, cache_length=16, prefill_lengths=(4,), quantization="int8"
+    )
+    assert report.verification.passed and not report.summary["float_matmuls"]
+    dtypes = _matmul_input_dtypes(path)
+    assert {inputs for _, _, inputs in dtypes} == {("int8", "int8")}, dtypes
+    assert {s for s, op, _ in dtypes if op == "BATCH_MATMUL"} == {"decode", "prefill"}
+
+
 def test_cache_overflow_and_bad_arguments_are_clear_errors(tmp_path):
     model = reference.build_gpt("tiny", seed=0)
     path = tmp_path / "gen.tflite"
@@ -254,6 +273,11 @@ def test_cache_overflow_and_bad_arguments_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs calibration"):
         export.to_tflite_generator(
             model, tmp_path / "x.tflite", cache_length=8, quantization="int8"
+        )
+    # A model without attention decodes (no cache needed) but has no cache to export.
+    with pytest.raises(ValueError, match="'sequential_lm' has no attention layer.*to_tflite"):
+        export.to_tflite_generator(
+            matrix_models.sequential_lm(), tmp_path / "x.tflite", cache_length=8
         )
     assert not os.path.exists(tmp_path / "x.tflite")
 

@@ -120,6 +120,13 @@ def to_tflite_generator(
         )
     mode = tflite_modes.get_mode(quantization)
     decoder = decoder_for(model)
+    if not decoder.num_slots:
+        raise ValueError(
+            f"to_tflite_generator: {getattr(model, 'name', type(model).__name__)!r} has no "
+            "attention layer, so there is no KV cache for the prefill and decode signatures "
+            "to carry (each token's logits depend on that token alone); export it with "
+            "to_tflite instead. Nothing was written."
+        )
     cache_length = _check_cache_length(cache_length, decoder)
     prefill_lengths = _check_prefill_lengths(prefill_lengths, cache_length)
     for name, value in (("verify", verify), ("compact_file", compact_file)):

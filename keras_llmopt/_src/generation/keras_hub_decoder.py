@@ -6,15 +6,20 @@ layout instead, one key and one value cache ``[B, cache_length, kv_heads, head_d
 per layer, and stacks / splits between the two around the call. The model's own
 rotary or learned positions, grouped-query heads, sliding windows and soft caps all
 stay KerasHub's. Layer states (pruning masks, QAT quantizers) run inside that call
-as in any other.
+as in any other; the families whose attention is Keras's ``MultiHeadAttention``
+(GPT-2, OPT: ``CachedMultiHeadAttention``) read their caches back through the key and
+value projections' output quantizers, so a QAT file's attention matmuls stay int8.
 """
 
+import contextlib
 import inspect
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_llmopt._src.core import hooks, layer_state
+from keras_llmopt._src.core.keras_compat import attention_internals
 from keras_llmopt._src.generation.cached_attention import CachedDecodingError, SlotSpec
 
 
@@ -89,6 +94,11 @@ class KerasHubDecoder:
             SlotSpec(getattr(layer, "name", f"layer_{i}"), key, value)
             for i, (layer, (key, value)) in enumerate(zip(layers, shapes))
         )
+        self._attention_layers = [
+            layer
+            for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.MultiHeadAttention)
+        ]
 
     @property
     def num_slots(self):
@@ -116,12 +126,39 @@ class KerasHubDecoder:
         pairs = [(ops.convert_to_tensor(k), ops.convert_to_tensor(v)) for k, v in caches]
         start = ops.convert_to_tensor(input_pos, "int32")[0]
         tokens = ops.convert_to_tensor(tokens, "int32")
-        if not self._stacked:
-            logits, _, updated = self.model.call_with_cache(tokens, tuple(pairs), start)
-            return logits, [tuple(pair) for pair in updated]
-        stacked = ops.stack([ops.stack(pair, 1) for pair in pairs], axis=1)
-        logits, _, stacked = self.model.call_with_cache(tokens, stacked, start)
+        with self._caches_read_as_projected():
+            if not self._stacked:
+                logits, _, updated = self.model.call_with_cache(tokens, tuple(pairs), start)
+                return logits, [tuple(pair) for pair in updated]
+            stacked = ops.stack([ops.stack(pair, 1) for pair in pairs], axis=1)
+            logits, _, stacked = self.model.call_with_cache(tokens, stacked, start)
         return logits, [(stacked[:, i, 0], stacked[:, i, 1]) for i in range(len(caches))]
+
+    @contextlib.contextmanager
+    def _caches_read_as_projected(self):
+        """Keras ``MultiHeadAttention`` layers see their caches as projection outputs."""
+        with contextlib.ExitStack() as stack:
+            for layer in self._attention_layers:
+                stack.enter_context(
+                    hooks.intercept(layer, "_compute_attention", _requantized(layer))
+                )
+            yield
+
+
+def _requantized(layer):
+    projections = attention_internals.projections(layer)
+
+    def make(original):
+        def compute_attention(query, key, value, *args, **kwargs):
+            if "key" in projections:
+                key = layer_state.reapply_outputs(projections["key"], key)
+            if "value" in projections:
+                value = layer_state.reapply_outputs(projections["value"], value)
+            return original(query, key, value, *args, **kwargs)
+
+        return compute_attention
+
+    return make
 
 
 def _cache_arguments(model, length):
