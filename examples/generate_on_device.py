@@ -8,7 +8,7 @@ verified against the QAT Keras model. The file streams text from a prompt throug
 timed beside it, at 1 and 2 threads.
 
 Run:
-    python examples/generate_on_device.py --preset=small --prompt="def main(argv):"
+    python examples/generate_on_device.py --preset=small --prompt="import os" --sampler=greedy
     python examples/generate_on_device.py --preset=tiny --qat_steps=20
 """
 
@@ -29,7 +29,13 @@ from keras_llmopt import export, generation, quantization, reference  # noqa: E4
 PRESET = flags.DEFINE_string("preset", "small", "Reference GPT preset.")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Training steps (default: preset's).")
 QAT_STEPS = flags.DEFINE_integer("qat_steps", 60, "QAT fine-tune steps.")
-PROMPT = flags.DEFINE_string("prompt", "def main(argv):\n    ", "Prompt text.")
+PROMPT = flags.DEFINE_string("prompt", "class Queue:\n    def __init__(self", "Prompt text.")
+# A 3M-parameter byte model loops under greedy decoding; a seeded top-k sample reads
+# more like code (--sampler=greedy shows the loop).
+SAMPLER = flags.DEFINE_enum("sampler", "top_k", ["greedy", "top_k", "top_p"], "Sampler.")
+TOP_K = flags.DEFINE_integer("top_k", 5, "top_k: tokens kept.")
+TOP_P = flags.DEFINE_float("top_p", 0.9, "top_p: probability mass kept.")
+SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 NEW_TOKENS = flags.DEFINE_integer("new_tokens", 96, "Tokens to generate.")
 OUT = flags.DEFINE_string("out", None, "Where to keep the int8 generator (default: a temp dir).")
 
@@ -65,7 +71,12 @@ def main(argv):
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     print(f"\n--- streamed from {os.path.basename(int8_path)} (int8, {int8.size_bytes:,} bytes)")
     sys.stdout.write(PROMPT.value)
-    for token in runner.stream(prompt, new):
+    sampling = {"sampler": SAMPLER.value, "seed": SEED.value}
+    if SAMPLER.value == "top_k":
+        sampling["top_k"] = TOP_K.value
+    elif SAMPLER.value == "top_p":
+        sampling["top_p"] = TOP_P.value
+    for token in runner.stream(prompt, new, **sampling):
         sys.stdout.write(decoder.decode(bytes([int(token[0])])))
         sys.stdout.flush()
     print(decoder.decode(b"", final=True) + "\n---")

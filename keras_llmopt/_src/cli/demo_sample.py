@@ -2,8 +2,9 @@
 
 The best compressed artifact is the smallest verified ``.tflite`` of the run that is
 smaller than the fp32 file and within ``MAX_DELTA_BPB`` bits per byte of it (the
-lowest-bpb compressed file when none is that close). The sample is greedy, from a
-validation prompt, through ``export.WindowGenerator``: the demo's files are
+lowest-bpb compressed file when none is that close). The sample is a seeded top-k
+draw (``SAMPLING``: a small byte model loops under greedy decoding), from a validation
+prompt, through ``export.WindowGenerator``: the demo's files are
 fixed-window exports, so the window is recomputed per token (``keras-llmopt export
 --generator`` writes the KV-cache file that decodes faster).
 """
@@ -16,6 +17,7 @@ import numpy as np
 MAX_DELTA_BPB = 0.05
 PROMPT_BYTES = 48
 NEW_TOKENS = 64
+SAMPLING = {"sampler": "top_k", "top_k": 5, "seed": 0}
 
 
 def best_compressed_row(rows, max_delta_bpb=MAX_DELTA_BPB):
@@ -61,8 +63,10 @@ def best_compressed_row(rows, max_delta_bpb=MAX_DELTA_BPB):
     return min(candidates, key=lambda r: (r["bpb"], r["size_bytes"]))
 
 
-def sample_text(path, prompt, new_tokens=NEW_TOKENS):
-    """``(prompt text, continuation text, decode tokens/s)``: greedy, from a byte model file.
+def sample_text(path, prompt, new_tokens=NEW_TOKENS, **sampling):
+    """``(prompt text, continuation text, decode tokens/s)`` from a byte model file.
+
+    ``sampling``: as ``generation.generate`` (default greedy).
 
     Example:
         >>> prompt, text, rate = sample_text("gpt.tflite", b"def main(", 16)
@@ -73,7 +77,7 @@ def sample_text(path, prompt, new_tokens=NEW_TOKENS):
 
     generator = WindowGenerator(path)
     ids = np.frombuffer(bytes(prompt), np.uint8).astype("int32")[None]
-    out = generator.generate(ids, new_tokens)
+    out = generator.generate(ids, new_tokens, **sampling)
     return (
         _text(out[0, : ids.shape[1]]),
         _text(out[0, ids.shape[1] :]),
@@ -99,11 +103,12 @@ def print_sample(rows, artifact_paths, corpus):
         print("\nno verified compressed .tflite in this run to sample from")
         return None
     prompt = bytes(np.asarray(corpus.validation[0][:PROMPT_BYTES], np.uint8))
-    prompt_text, text, rate = sample_text(row["artifact"], prompt)
+    prompt_text, text, rate = sample_text(row["artifact"], prompt, **SAMPLING)
     print(
         f"\nsample from the best compressed artifact, {row['variant']} "
-        f"({row['size_bytes'] / 1024:,.1f} KiB, {row['bpb']:.3f} bpb; greedy, "
-        f"{NEW_TOKENS} new tokens at {rate:.0f} tokens/s recomputing its window):"
+        f"({row['size_bytes'] / 1024:,.1f} KiB, {row['bpb']:.3f} bpb; top-{SAMPLING['top_k']}, "
+        f"seed {SAMPLING['seed']}, {NEW_TOKENS} new tokens at {rate:.0f} tokens/s "
+        "recomputing its window):"
     )
     print(prompt_text + "\u2502" + text)  # the bar marks where the prompt ends
     return row["variant"]
