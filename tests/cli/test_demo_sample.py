@@ -21,17 +21,20 @@ def test_best_is_the_smallest_verified_file_close_to_fp32():
         _row("tflite_fp32", 100, 2.00),
         _row("tflite_fp16", 50, 2.00),
         _row("klo_qat_int8", 30, 2.03),
-        _row("tflite_int4", 15, 2.30),  # smaller, but too far from fp32
+        _row("klo_int4", 15, 2.30),  # smaller, but too far from fp32
+        _row("aeq_int4", 20, 2.01),  # an anchor: ours come first
         _row("broken", 10, 2.00, verified=False),  # failed verification
         _row("onnx_int8", 5, 2.00, ext=".onnx"),  # not a LiteRT file
     ]
     assert demo_sample.best_compressed_row(rows)["variant"] == "klo_qat_int8"
-    assert demo_sample.best_compressed_row(rows, max_delta_bpb=0.5)["variant"] == "tflite_int4"
+    assert demo_sample.best_compressed_row(rows, max_delta_bpb=0.5)["variant"] == "klo_int4"
+    anchors_only = [r for r in rows if not r["variant"].startswith("klo_")]
+    assert demo_sample.best_compressed_row(anchors_only)["variant"] == "aeq_int4"
 
 
 def test_best_falls_back_to_the_lowest_bpb_and_may_be_none():
-    rows = [_row("tflite_fp32", 100, 2.0), _row("a", 40, 2.5), _row("b", 20, 2.2)]
-    assert demo_sample.best_compressed_row(rows)["variant"] == "b"
+    rows = [_row("tflite_fp32", 100, 2.0), _row("klo_a", 40, 2.5), _row("klo_b", 20, 2.2)]
+    assert demo_sample.best_compressed_row(rows)["variant"] == "klo_b"
     assert demo_sample.best_compressed_row([_row("tflite_fp32", 100, 2.0)]) is None
     # A file larger than fp32 is not a compressed one, in either order.
     assert (

@@ -1,8 +1,9 @@
 """The demo's last step: text generated from its best compressed artifact.
 
-The best compressed artifact is the smallest verified ``.tflite`` of the run that is
-smaller than the fp32 file and within ``MAX_DELTA_BPB`` bits per byte of it (the
-lowest-bpb compressed file when none is that close). The sample is a seeded top-k
+The best compressed artifact is the smallest verified ``.tflite`` of keras_llmopt's own
+variants (``klo_*`` and registered techniques; the anchors only when none qualifies)
+that is smaller than the fp32 file and within ``MAX_DELTA_BPB`` bits per byte of it
+(the lowest-bpb compressed file when none is that close). The sample is a seeded top-k
 draw (``SAMPLING``: a small byte model loops under greedy decoding), from a validation
 prompt, through ``export.WindowGenerator``: the demo's files are
 fixed-window exports, so the window is recomputed per token (``keras-llmopt export
@@ -12,6 +13,8 @@ fixed-window exports, so the window is recomputed per token (``keras-llmopt expo
 import codecs
 
 import numpy as np
+
+from keras_llmopt._src.benchmark.report import is_ours
 
 # How far above the fp32 file's bits per byte a compressed file may be to count as best.
 MAX_DELTA_BPB = 0.05
@@ -32,13 +35,13 @@ def best_compressed_row(rows, max_delta_bpb=MAX_DELTA_BPB):
         >>> rows = [
         ...     {"variant": "tflite_fp32", "artifact": "a.tflite", "size_bytes": 100,
         ...      "bpb": 2.00, "verified": True},
-        ...     {"variant": "int8", "artifact": "b.tflite", "size_bytes": 30,
+        ...     {"variant": "klo_int8", "artifact": "b.tflite", "size_bytes": 30,
         ...      "bpb": 2.02, "verified": True},
-        ...     {"variant": "int4", "artifact": "c.tflite", "size_bytes": 20,
+        ...     {"variant": "klo_int4", "artifact": "c.tflite", "size_bytes": 20,
         ...      "bpb": 2.30, "verified": True},
         ... ]
         >>> best_compressed_row(rows)["variant"]
-        'int8'
+        'klo_int8'
     """
     files = [
         r
@@ -56,6 +59,8 @@ def best_compressed_row(rows, max_delta_bpb=MAX_DELTA_BPB):
     ]
     if not candidates:
         return None
+    ours = [r for r in candidates if is_ours(r["variant"])]
+    candidates = ours or candidates
     if reference is not None:
         close = [r for r in candidates if r["bpb"] <= reference["bpb"] + max_delta_bpb]
         if close:
