@@ -20,6 +20,8 @@ import struct
 
 import numpy as np
 
+from keras_llmopt._src.export import tensor_names
+
 # Buffer data starts on a 16-byte boundary (the converter guarantees 4; some kernels
 # and delegates read constant data with wide loads).
 _BUFFER_ALIGNMENT = 16
@@ -126,7 +128,7 @@ def compact_tflite(content, shorten_names=True):
         stats["reason"] = reason
         return data, stats
 
-    names_shortened = _shorten_tensor_names(model) if shorten_names else 0
+    names_shortened = tensor_names.shorten_tensor_names(model) if shorten_names else 0
     compacted, shared = _pack(schema, model, size_hint=len(data))
     reason = _round_trip_difference(schema, compacted, model)
     if reason is None and len(compacted) >= len(data):
@@ -290,45 +292,6 @@ def _unknown_fields(schema, root):
     for table_name, obj in items:
         found = found or check(table_name, obj)
     return found
-
-
-def _shorten_tensor_names(model):
-    """Names each tensor no input, output or signature exposes ``t<index>``; returns how many.
-
-    Exposed and variable tensors keep their names; tensors of subgraph ``g > 0`` are
-    ``s<g>t<index>``; a short name already in use gets ``_`` appended until it is unique
-    in the model.
-    """
-    exposed = collections.defaultdict(set)
-    for index, subgraph in enumerate(model.subgraphs or ()):
-        for indices in (subgraph.inputs, subgraph.outputs):
-            if indices is not None:
-                exposed[index].update(int(i) for i in np.asarray(indices).reshape(-1))
-    for signature in model.signatureDefs or ():
-        for tensor_map in list(signature.inputs or ()) + list(signature.outputs or ()):
-            exposed[signature.subgraphIndex].add(int(tensor_map.tensorIndex))
-    renamed = 0
-    subgraphs = list(enumerate(model.subgraphs or ()))
-    kept = {
-        index: {
-            p for p, t in enumerate(subgraph.tensors or ()) if p in exposed[index] or t.isVariable
-        }
-        for index, subgraph in subgraphs
-    }
-    # Unique in the whole model, not only in its subgraph: tools such as the AI Edge
-    # Quantizer look tensors up by name across the signatures.
-    used = {subgraph.tensors[p].name for index, subgraph in subgraphs for p in kept[index]}
-    for index, subgraph in subgraphs:
-        for position, tensor in enumerate(subgraph.tensors or ()):
-            if position in kept[index]:
-                continue
-            name = (f"t{position}" if index == 0 else f"s{index}t{position}").encode()
-            while name in used:
-                name += b"_"
-            used.add(name)
-            tensor.name = name
-            renamed += 1
-    return renamed
 
 
 class _SharedVectors:
