@@ -26,6 +26,7 @@ MODULES = [
     "keras_llmopt._src.export.tflite_modes",
     "keras_llmopt._src.export.tflite_signatures",
     "keras_llmopt._src.export.tensor_names",
+    "keras_llmopt._src.export.weight_grids",
     "keras_llmopt._src.export.window_generator",
     "keras_llmopt._src.export.verification",
 ]

@@ -29,10 +29,11 @@ BUILTIN_MODULES = (
     "keras_llmopt._src.sparsity.technique",
     "keras_llmopt._src.clustering.technique",
     "keras_llmopt._src.quantization.technique",
+    "keras_llmopt._src.llm.technique",
 )
 
 # Listing order of the built-ins, whatever order their modules were imported in.
-_BUILTIN_ORDER = ("pruning", "clustering", "quantization")
+_BUILTIN_ORDER = ("pruning", "clustering", "quantization", "weight_grid")
 _TECHNIQUES: dict = {}
 
 # Stage keys most techniques share (a stage schema may spread them in).

@@ -7,11 +7,15 @@ layers; a GATHER embedding table stays float) as symmetric int4, per output chan
 in blocks of input rows. Activations stay float and are quantized on the fly for the integer matmuls
 (its "dynamic" recipe). From a 4-bit quantization-aware model (``"4bit_weights*"``
 schemes, exported through its dequantized weights) the same granularity is used, so
-the weights land on the grid they were trained on.
+the weights land on the grid they were trained on. The grids a one-shot quantizer
+chose (``weight_grids.WeightGrid``) are written over the quantizer's own rounding, so
+the file holds exactly those codes and scales.
 """
 
 import contextlib
 import io
+
+from keras_llmopt._src.export import weight_grids
 
 BLOCK_SIZES = (32, 64, 128, 256)
 
@@ -29,16 +33,23 @@ def check_block_size(block_size):
         )
 
 
-def quantize_weights_int4(content, block_size=None):
+def quantize_weights_int4(content, block_size=None, grids=()):
     """Returns ``content`` (an fp32 ``.tflite``) with int4 weights.
 
     Args:
         content: The fp32 flatbuffer's bytes.
         block_size: ``None`` for one scale per output channel, else the number of
             input rows sharing a scale (``BLOCK_SIZES``).
+        grids: 4-bit ``weight_grids.WeightGrid`` objects at this granularity: their
+            weights store the grid's codes and scales, not the quantizer's rounding
+            (``weight_grids.keep_grids``, then checked with ``check_grids_kept``).
 
     Returns:
         The quantized flatbuffer's bytes.
+
+    Raises:
+        ValueError: A grid is not 4-bit, matches no weight of the file or has another
+            granularity than ``block_size`` (see ``weight_grids.keep_grids``).
 
     Example:
         >>> import numpy as np, tensorflow as tf
@@ -51,6 +62,8 @@ def quantize_weights_int4(content, block_size=None):
         True
     """
     check_block_size(block_size)
+    grids = tuple(grids)
+    weight_grids.check_mode(grids, "int4")
     from ai_edge_quantizer import quantizer, recipe
 
     granularity = (
@@ -67,4 +80,8 @@ def quantize_weights_int4(content, block_size=None):
     )
     with contextlib.redirect_stdout(io.StringIO()):  # it prints sizes and timings
         result = quantizer.Quantizer(bytes(content), manager.get_quantization_recipe()).quantize()
-    return bytes(result.quantized_model)
+    content = bytes(result.quantized_model)
+    if grids:
+        content = weight_grids.keep_grids(content, grids)
+        weight_grids.check_grids_kept(content, grids)
+    return content

@@ -1,5 +1,6 @@
 """``to_tflite``: a Keras model to a verified ``.tflite`` in any converter mode."""
 
+import numpy as np
 from absl import logging
 
 from keras_llmopt._src.core.model_inputs import describe_inputs
@@ -17,6 +18,7 @@ from keras_llmopt._src.export import (
     signature_def,
     sparse_advice,
     tflite_modes,
+    weight_grids,
 )
 from keras_llmopt._src.export.tflite_modes import QUANTIZATION_MODES  # noqa: F401
 from keras_llmopt._src.export.verification import resolve_tolerance
@@ -149,6 +151,7 @@ def to_tflite(
         resolve_tolerance(mode.tolerance, tolerance)
 
     notes = []
+    model, grids, block_size = _grids_of(model, mode, block_size, notes)
     model, weight_only = _dequantized_if_weight_only(model)
     if weight_only:
         notes.append(
@@ -195,6 +198,7 @@ def to_tflite(
         allow_float_ops=allow_float_ops,
         float_matmuls=float_matmuls,
         integer_only=integer_only,
+        grids=grids,
     )
 
     def check(temp):
@@ -260,8 +264,13 @@ def build_flatbuffer(
     allow_float_ops=False,
     float_matmuls=None,
     integer_only=False,
+    grids=(),
 ):
     """Converts traced signatures in ``mode``, then int4 and compaction; appends notes.
+
+    ``grids`` (``weight_grids.WeightGrid``: 4-bit in ``"int4"``, 8-bit in
+    ``"dynamic_int8"``, refused in other modes) are written over the quantized weights
+    they match (``weight_grids.keep_grids``) and checked in the final file.
 
     In a full-integer mode the converted ops are checked first
     (``float_ops.check_integer_matmuls``): a float matmul raises unless
@@ -290,8 +299,12 @@ def build_flatbuffer(
         )
     if traced.is_qat:
         notes.append("quantization ranges learned by QAT (fake-quant ops) are used")
+    grids = tuple(grids)
+    weight_grids.check_mode(grids, mode.name)
     logging.info("%s: converting (quantization=%s, sparse=%s)", what, mode.name, sparse)
     content = sparse_advice.convert(traced, mode, sparse, data, what, notes)
+    if grids and not mode.int4_weights:  # before compaction, which shares equal vectors
+        content = weight_grids.keep_grids(content, grids)
     found = float_ops.check_integer_matmuls(content, mode.name, allow_float_ops, what)
     if found:
         reason = "allow_float_ops=True" if allow_float_ops else "no int16 kernel"
@@ -313,7 +326,7 @@ def build_flatbuffer(
             # The quantizer writes its weights after the flatbuffer, which compaction
             # cannot rewrite: names are shortened before, while it still can.
             content, _ = compact.compact_tflite(content)
-        content = int4.quantize_weights_int4(content, block_size)
+        content = int4.quantize_weights_int4(content, block_size, grids)
         granularity = "per output channel" if block_size is None else f"blocks of {block_size}"
         notes.append(f"int4 weights ({granularity}) by the AI Edge Quantizer")
     compaction = None
@@ -321,6 +334,9 @@ def build_flatbuffer(
         content, compaction = compact.compact_tflite(content)
         if compaction["reason"]:
             notes.append(f"flatbuffer not compacted: {compaction['reason']}")
+    if grids:
+        weight_grids.check_grids_kept(content, grids)
+        notes.append(f"{len(grids)} weight grid(s) kept exactly as given")
     return content, compaction
 
 
@@ -370,6 +386,42 @@ def inspect_staged(temp, compaction, notes):
     if xnnpack_error is None:
         summary["xnnpack_fallback_ops"] = report.xnnpack_fallback_ops(temp)
     return summary
+
+
+def _grids_of(model, mode, block_size, notes):
+    """``(plain model, [WeightGrid], block_size)`` for a model with one-shot weight grids.
+
+    GPTQ / AWQ layers (``llm`` weight-grid states) are baked into plain weights; in the
+    mode of their width (``"int4"``: 4 bits, ``"dynamic_int8"``: 8 bits) the file then
+    stores their exact codes and scales, in their groups unless ``block_size`` is given.
+    """
+    from keras_llmopt._src.core import strip
+    from keras_llmopt._src.llm import grid_state
+
+    states = grid_state.grid_states(model)
+    if not states:
+        return model, (), block_size
+    bits = {state.bits for _, state in states}
+    keep = weight_grids.MODE_BITS.get(mode.name)
+    grids = ()
+    if keep is not None and bits == {keep}:
+        grids = tuple(
+            weight_grids.WeightGrid(
+                path, state.codes(), np.asarray(state.scales), state.bits, state.group_size
+            )
+            for path, state in states
+        )
+        sizes = {state.group_size for _, state in states}
+        if mode.int4_weights and block_size is None and len(sizes) == 1:
+            size = sizes.pop()
+            block_size = None if size == -1 else size
+        notes.append(f"{len(grids)} one-shot weight grid(s) stored as chosen")
+    elif keep is not None:
+        notes.append(
+            f"one-shot grids of {sorted(bits)} bits are re-rounded by quantization="
+            f"{mode.name!r} (it stores {keep}-bit weights)"
+        )
+    return strip.strip_techniques(model, [grid_state.TECHNIQUE], "to_tflite"), grids, block_size
 
 
 def _dequantized_if_weight_only(model):

@@ -1,0 +1,399 @@
+"""Integer weight grids a one-shot quantizer chose, kept exactly in a quantized ``.tflite``.
+
+GPTQ or AWQ leave float kernels on a symmetric grid, ``codes * scales`` per output row
+and input group. The AI Edge Quantizer (``"int4"``) and the converter's dynamic-range
+mode (``"dynamic_int8"``) recompute each scale from the group's largest magnitude,
+re-rounding every group whose largest code is below ``2**(bits - 1) - 1``.
+:func:`keep_grids` finds each grid's weight in the quantized file and overwrites its
+codes and scales in place, so the file dequantizes to ``grid.dequantize()`` bit for
+bit; :func:`check_grids_kept` proves it and :func:`stored_weights` reads weights back.
+"""
+
+import collections
+import dataclasses
+
+import numpy as np
+
+from keras_llmopt._src.export.compact import _as_bytes
+from keras_llmopt._src.export.report import MATMUL_OPS
+
+_INT_TYPES = {"INT4": 4, "INT8": 8}
+MODE_BITS = {"int4": 4, "dynamic_int8": 8}  # the TFLite modes that keep grids, and their bits
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class WeightGrid:
+    """One layer's weight on a symmetric integer grid: ``codes * scales`` (zero point 0).
+
+    Attributes:
+        name: What the grid is called in messages (e.g. the layer's path).
+        codes: ``np.int8`` array ``(out_features, in_features)``, within
+            ``±(2**(bits - 1) - 1)``.
+        scales: ``np.float32`` array ``(out_features, n_groups)``; every value is
+            finite, non-negative and exactly representable in float16.
+        bits: 4 or 8.
+        group_size: ``-1`` for one scale per output row, else the input columns
+            sharing a scale (``in_features // n_groups``).
+
+    Example:
+        >>> grid = WeightGrid("dense", np.array([[1, -2], [3, 0]]), np.array([[0.5], [2.0]]), 4)
+        >>> grid.dequantize()
+        array([[ 0.5, -1. ],
+               [ 6. ,  0. ]], dtype=float32)
+    """
+
+    name: str
+    codes: np.ndarray
+    scales: np.ndarray
+    bits: int
+    group_size: int = -1
+
+    def __post_init__(self):
+        codes, scales = np.asarray(self.codes), np.asarray(self.scales)
+        if problem := _grid_problem(codes, scales, self.bits, self.group_size):
+            raise ValueError(f"WeightGrid {self.name!r}: {problem}")
+        for field, value in (("codes", codes.astype(np.int8)), ("scales", scales.astype("f4"))):
+            value.flags.writeable = False
+            object.__setattr__(self, field, value)
+
+    def __repr__(self):
+        out, features = self.codes.shape
+        return (
+            f"WeightGrid({self.name!r}, {out}x{features}, {self.bits}-bit, "
+            f"{_granularity(self.group_size)})"
+        )
+
+    def dequantize(self):
+        """The grid's float weight: ``codes * scales``, float32 ``(out, in)``.
+
+        Example:
+            >>> WeightGrid("d", np.ones((1, 4), np.int8), np.full((1, 2), 0.25), 4, 2).dequantize()
+            array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
+        """
+        return self.codes.astype(np.float32) * _steps(self.scales, self.codes.shape[1])
+
+
+def _grid_problem(codes, scales, bits, group):
+    """What is wrong with a grid's fields, or ``None``."""
+    if bits not in (4, 8) or isinstance(bits, bool):
+        return f"`bits` must be 4 or 8. Received: bits={bits!r}"
+    if codes.ndim != 2 or codes.dtype.kind not in "iu":
+        return f"`codes` must be 2-D integers (out, in). Received: {codes.dtype} {codes.shape}"
+    limit = 2 ** (bits - 1) - 1
+    if codes.size and np.abs(codes.astype(np.int64)).max() > limit:
+        return f"{bits}-bit codes lie within ±{limit}. Received: [{codes.min()}, {codes.max()}]"
+    valid = isinstance(group, (int, np.integer)) and not isinstance(group, bool)
+    if not valid or not (group == -1 or group > 0 and codes.shape[1] % group == 0):
+        return f"`group_size` must be -1 or divide in={codes.shape[1]}. Received: {group!r}"
+    expected = (codes.shape[0], 1 if group == -1 else codes.shape[1] // group)
+    if scales.shape != expected:
+        return f"`scales` must have shape {expected} (out, n_groups). Received: {scales.shape}"
+    scales32 = scales.astype(np.float32)
+    if not np.all(np.isfinite(scales32) & (scales32 >= 0)) or not np.array_equal(
+        scales32.astype(np.float16).astype(np.float32), scales32
+    ):
+        return "`scales` must be finite, non-negative and exactly representable in float16"
+    return None
+
+
+def _granularity(block_size):
+    if block_size == -1:
+        return "one scale per output row"
+    if block_size == 0:
+        return "one scale per tensor"
+    return f"groups of {block_size} input columns"
+
+
+def _rows(array, axis):
+    """``array`` as rows along ``axis``: ``(array.shape[axis], everything else)``."""
+    return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+
+
+def _unrows(rows, shape, axis):
+    """The inverse of :func:`_rows`: rows back to an array of ``shape``."""
+    moved = (shape[axis],) + tuple(np.delete(shape, axis))
+    return np.moveaxis(rows.reshape(moved), 0, axis)
+
+
+def _steps(scales, columns):
+    """Per-group scales repeated to one per weight."""
+    return np.repeat(scales, columns // scales.shape[1], axis=1)
+
+
+@dataclasses.dataclass
+class _Stored:
+    """One int4/int8 matmul weight of a file, with writable views where it lives."""
+
+    key: str
+    bits: int
+    shape: tuple  # the tensor's shape
+    out_axis: int  # its output (quantized) dimension
+    data: np.ndarray  # uint8 view of the codes
+    scale: np.ndarray  # view of the float32 quantization scales or the float16 scales tensor
+    scale_shape: tuple
+    scale_axis: int
+    block_size: int = -1  # -1 per channel, 0 per tensor, else blockwise
+    tensors: set = dataclasses.field(default_factory=set)  # (subgraph, tensor) pairs
+
+    @property
+    def out_in(self):
+        return self.shape[self.out_axis], int(np.prod(self.shape)) // self.shape[self.out_axis]
+
+    def codes(self):
+        if self.bits == 4:
+            nibbles = np.stack([self.data & 15, self.data >> 4], axis=-1).reshape(-1)
+            flat = (nibbles.astype(np.int8) - 16 * (nibbles > 7)).astype(np.int8)
+        else:
+            flat = self.data.view(np.int8)
+        return _rows(flat[: int(np.prod(self.shape))].reshape(self.shape), self.out_axis)
+
+    def scales(self):
+        values = self.scale.reshape(self.scale_shape).astype(np.float32)
+        rows = _rows(values, self.scale_axis)
+        return np.repeat(rows, self.out_in[0], axis=0) if self.block_size == 0 else rows
+
+    def dequantized(self):
+        return self.codes().astype(np.float32) * _steps(self.scales(), self.out_in[1])
+
+    def write(self, grid):
+        flat = _unrows(grid.codes, self.shape, self.out_axis).reshape(-1).view(np.uint8)
+        if self.bits == 4:
+            nibbles = np.zeros(2 * self.data.size, np.uint8)
+            nibbles[: flat.size] = flat & 15
+            flat = nibbles[0::2] | (nibbles[1::2] << 4)  # the first value in the low nibble
+        self.data[:] = flat
+        values = _unrows(grid.scales, self.scale_shape, self.scale_axis)
+        self.scale[:] = values.astype(self.scale.dtype).reshape(-1)
+
+
+def _buffer_view(model, data, index):
+    buffer = model.Buffers(index)
+    if buffer.Offset() > 1:  # stored after the flatbuffer (the AI Edge Quantizer may do so)
+        return np.frombuffer(data, np.uint8, count=buffer.Size(), offset=buffer.Offset())
+    view = buffer.DataAsNumpy()
+    return view if isinstance(view, np.ndarray) and view.size else None
+
+
+def _read(data):
+    """``(weights, owners)``: every int4/int8 dense matmul weight, and who uses each vector.
+
+    ``owners`` maps the address of every buffer and scale vector to the
+    ``(subgraph, tensor)`` pairs that read it, to refuse patching shared data.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    blockwise = schema.QuantizationDetails.BlockwiseQuantization
+    weights, owners, keys = [], collections.defaultdict(set), set()
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        weight_inputs = set()
+        for i in range(subgraph.OperatorsLength()):
+            op = subgraph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            if op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())) in MATMUL_OPS:
+                weight_inputs.update([int(op.Inputs(1))] if op.InputsLength() > 1 else [])
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            view, q = _buffer_view(model, data, tensor.Buffer()), tensor.Quantization()
+            scale = q.ScaleAsNumpy() if q is not None else 0
+            for vector in (view, scale):
+                if isinstance(vector, np.ndarray) and vector.size:
+                    owners[vector.ctypes.data].add((g, t))
+            bits = _INT_TYPES.get(types.get(tensor.Type()))
+            if t not in weight_inputs or bits is None or view is None or q is None:
+                continue
+            if tensor.Sparsity() is not None or np.any(q.ZeroPointAsNumpy()):
+                continue  # sparse or asymmetric: not a dense symmetric grid
+            shape, out_axis = tuple(int(s) for s in tensor.ShapeAsNumpy()), q.QuantizedDimension()
+            found = dict(scale=scale, scale_shape=np.shape(scale), scale_axis=0, tensors={(g, t)})
+            if q.DetailsType() == blockwise:
+                details = schema.BlockwiseQuantization()
+                details.Init(q.Details().Bytes, q.Details().Pos)
+                scales_tensor = subgraph.Tensors(details.Scales())
+                scale_shape = tuple(int(s) for s in scales_tensor.ShapeAsNumpy())
+                expected = list(shape)
+                expected[len(shape) - 1 if out_axis == 0 else 0] //= details.BlockSize()
+                if len(shape) != 2 or tuple(expected) != scale_shape:
+                    continue
+                view16 = _buffer_view(model, data, scales_tensor.Buffer()).view("<f2")
+                found.update(block_size=details.BlockSize(), scale=view16, scale_axis=out_axis)
+                found.update(scale_shape=scale_shape, tensors={(g, t), (g, details.Scales())})
+            elif not isinstance(scale, np.ndarray) or scale.size not in (1, shape[out_axis]):
+                continue
+            elif scale.size == 1 and shape[out_axis] != 1:
+                found["block_size"] = 0
+            key = (tensor.Name() or b"").decode()
+            key = key if key not in keys else f"{key} (subgraph {g})"
+            keys.add(key)
+            weights.append(_Stored(key, bits, shape, out_axis, data=view, **found))
+    return weights, owners
+
+
+def _matches(grid, weights):
+    """The weights of ``grid``'s shape within one of their own steps of its values."""
+    target, found, closest = grid.dequantize(), [], None
+    for weight in weights:
+        if weight.out_in != grid.codes.shape:
+            continue
+        step = _steps(weight.scales(), weight.out_in[1])
+        off = np.abs(weight.dequantized() - target) - step
+        if off.max() <= 1e-6 * np.abs(target).max():
+            found.append(weight)
+        ratio = float(np.max((off + step) / np.maximum(step, 1e-30)))
+        closest = min(closest or (ratio, weight.key), (ratio, weight.key))
+    if not found:
+        why = f"none has shape {grid.codes.shape} (out, in)"
+        if closest:
+            why = f"the closest, {closest[1]!r}, is off by {closest[0]:.3g} of its steps"
+        raise ValueError(f"{grid!r} matches no int4/int8 matmul weight of the file: {why}")
+    for weight in found:
+        same = weight.bits == grid.bits and weight.scales().shape[1] == grid.scales.shape[1]
+        if not same or weight.block_size == 0:
+            raise ValueError(
+                f"{grid!r} cannot be kept in the file's weight {weight.key!r}: the grid has "
+                f"{grid.bits}-bit codes in {_granularity(grid.group_size)}, the file "
+                f"{weight.bits}-bit codes in {_granularity(weight.block_size)}"
+            )
+    return found
+
+
+def keep_grids(quantized_content, grids):
+    """Overwrites the quantized weights of ``quantized_content`` with ``grids``' codes.
+
+    A grid's weights are the int4/int8 weights of matmul ops (in every subgraph) of
+    its ``(out, in)`` shape, read with the quantized dimension as rows (FULLY_CONNECTED
+    ``[out, in]``, a constant BATCH_MATMUL operand ``[in, out]``), that dequantize to
+    within one of the file's steps of ``grid.dequantize()``. Their codes (int4: two to
+    a byte, the first in the low nibble) and scales (float32 quantization scales, or
+    blockwise int4's float16 ``<name>_scales`` tensor) are overwritten in place.
+
+    Args:
+        quantized_content: The bytes of a ``.tflite`` quantized by the AI Edge
+            Quantizer or the converter's dynamic-range mode, before compaction (which
+            may share one scale vector between tensors).
+        grids: ``WeightGrid`` objects.
+
+    Returns:
+        The patched flatbuffer's bytes.
+
+    Raises:
+        ValueError: A grid matches no weight; its bits or granularity differ from the
+            file's (naming both); a weight matches two different grids; or the data
+            to overwrite is shared with a tensor the grid does not own.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> grid = WeightGrid("dense", np.tile([1, 2, -3, 0], (64, 8)), np.full((64, 1), 0.5), 8)
+        >>> f = tf.function(lambda x: x @ grid.dequantize().T, [tf.TensorSpec((1, 32))])
+        >>> c = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+        >>> c.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range int8
+        >>> check_grids_kept(keep_grids(c.convert(), [grid]), [grid])
+    """
+    data = bytearray(_as_bytes(quantized_content))
+    weights, owners = _read(data)
+    claimed, patches = {}, []
+    for grid in grids:
+        if not isinstance(grid, WeightGrid):
+            raise TypeError(f"`grids` must hold WeightGrid objects. Received: {grid!r}")
+        for weight in _matches(grid, weights):
+            other = claimed.setdefault(weight.key, grid)
+            if other is not grid and not np.array_equal(other.dequantize(), grid.dequantize()):
+                raise ValueError(
+                    f"The file's weight {weight.key!r} matches both {other!r} "
+                    f"and {grid!r}; their values differ, so it cannot hold both."
+                )
+            patches.append((grid, weight))
+    for grid, weight in patches:
+        own = set().union(*(w.tensors for g, w in patches if g is grid))
+        for vector in (weight.data, weight.scale):
+            if others := owners[vector.ctypes.data] - own:
+                raise ValueError(
+                    f"{grid!r}: the file's weight {weight.key!r} shares its data with "
+                    f"{len(others)} other tensor(s) (subgraph, index) {sorted(others)[:4]}; "
+                    "keep grids before compaction, which shares equal vectors."
+                )
+    for grid, weight in patches:
+        weight.write(grid)
+    return bytes(data)
+
+
+def stored_weights(content):
+    """The int4/int8 weights of every matmul op of a ``.tflite``, read back from the file.
+
+    Dense, symmetric (zero point 0) weights only; sparse or asymmetric ones are not
+    listed. A name that repeats in a later subgraph gets `` (subgraph <g>)`` appended.
+
+    Args:
+        content: The ``.tflite`` bytes.
+
+    Returns:
+        ``{tensor name: (codes, scales, block_size)}``: ``np.int8`` codes
+        ``(out, in)``, ``np.float32`` scales ``(out, n_groups)`` and the input columns
+        per scale (``-1``: one per output row; ``0``: one for the whole tensor, repeated
+        over the rows).
+
+    Example:
+        >>> import tensorflow as tf
+        >>> w = np.arange(-1024, 1024, dtype=np.float32).reshape(32, 64)
+        >>> f = tf.function(lambda x: x @ w, [tf.TensorSpec((1, 32))])
+        >>> c = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+        >>> c.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range int8
+        >>> [(q.shape, s.shape, b) for q, s, b in stored_weights(c.convert()).values()]
+        [((64, 32), (64, 1), -1)]
+    """
+    weights, _ = _read(_as_bytes(content))
+    return {w.key: (w.codes(), w.scales(), w.block_size) for w in weights}
+
+
+def check_grids_kept(content, grids):
+    """Raises ``ValueError`` naming the first grid the file does not hold exactly.
+
+    A grid is held when every matmul weight that matches it (see :func:`keep_grids`)
+    stores its codes and scales, so it dequantizes to ``grid.dequantize()`` bit for bit.
+
+    Raises:
+        ValueError: A grid matches no weight or a different granularity, or its
+            weight differs (the message gives the largest absolute difference of the
+            dequantized weights and how many codes and scales differ).
+
+    Example:
+        >>> import tensorflow as tf
+        >>> grid = WeightGrid("dense", np.tile([1, 2, -3, 0], (64, 8)), np.full((64, 1), 0.5), 8)
+        >>> f = tf.function(lambda x: x @ grid.dequantize().T, [tf.TensorSpec((1, 32))])
+        >>> c = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+        >>> c.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range int8
+        >>> check_grids_kept(c.convert(), [grid])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: WeightGrid('dense', 64x32, 8-bit, one scale per output row) is not kept: ...
+    """
+    weights, _ = _read(_as_bytes(content))
+    for grid in grids:
+        for weight in _matches(grid, weights):
+            codes, scales = weight.codes(), weight.scales()
+            if np.array_equal(codes, grid.codes) and np.array_equal(scales, grid.scales):
+                continue
+            difference = float(np.abs(weight.dequantized() - grid.dequantize()).max())
+            raise ValueError(
+                f"{grid!r} is not kept: the file's weight {weight.key!r} differs from it by "
+                f"up to {difference:.3g} ({int(np.sum(codes != grid.codes))} codes and "
+                f"{int(np.sum(scales != grid.scales))} scales differ)"
+            )
+
+
+def check_mode(grids, mode):
+    """Raises ``ValueError`` unless ``mode`` (a ``quantization=`` value) stores every grid.
+
+    ``"int4"`` keeps 4-bit grids, ``"dynamic_int8"`` 8-bit ones; no other mode keeps any.
+
+    Example:
+        >>> check_mode([WeightGrid("d", np.ones((1, 2), np.int8), np.ones((1, 1)), 4)], "int4")
+    """
+    for grid in grids:
+        if not isinstance(grid, WeightGrid):
+            raise TypeError(f"`grids` must hold WeightGrid objects. Received: {grid!r}")
+        if MODE_BITS.get(mode) != grid.bits:
+            use = "int4" if grid.bits == 4 else "dynamic_int8"
+            raise ValueError(f"{grid!r} cannot be kept with quantization={mode!r}; use {use!r}")

@@ -1,0 +1,1 @@
+"""Implementation of ``keras_llmopt.llm``: one-shot compression with calibration data."""

@@ -1,0 +1,32 @@
+"""GPTQ files: the ``.tflite`` stores the grid GPTQ chose (TensorFlow: the exporter's backend)."""
+
+import numpy as np
+import pytest
+
+from keras_llmopt import llm
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_corpus):
+    return tiny_corpus.train[:64, :-1].astype("int32")
+
+
+@pytest.mark.parametrize("bits, group_size, mode", [(4, 32, "int4"), (8, -1, "dynamic_int8")])
+def test_gptq_export_stores_the_chosen_grid(
+    trained_tiny, calibration, tmp_path, bits, group_size, mode
+):
+    from keras_llmopt import export
+    from keras_llmopt._src.export import weight_grids
+
+    out = llm.gptq(trained_tiny, calibration, bits=bits, group_size=group_size, num_samples=16)
+    result = export.to_tflite(out, tmp_path / "gptq.tflite", quantization=mode)
+    assert result.verification.passed
+    content = (tmp_path / "gptq.tflite").read_bytes()
+    states = llm.grid_states(out)
+    grids = [
+        weight_grids.WeightGrid(path, s.codes(), np.asarray(s.scales), bits, s.group_size)
+        for path, s in states
+    ]
+    weight_grids.check_grids_kept(content, grids)  # raises on any differing weight
+    stored = weight_grids.stored_weights(content)
+    assert len(stored) >= len(grids)
