@@ -334,10 +334,8 @@ class SmoothQuant(OneShotConfig):
     ``export.to_tflite(quantization="int8")`` give a full-integer file without training.
 
     Args:
-        alpha: Migration strength in [0, 1].
-        unfoldable: What to do with a target whose input comes from no normalization:
-            ``"skip"`` (the paper's choice) or ``"scale"`` (a separate per-channel scale
-            on its input).
+        alpha: Migration strength in [0, 1]. Layers whose input comes from no
+            normalization are left alone (as in the paper) and reported.
         targets: Layer path patterns to smooth.
         ignore: Patterns left alone.
 
@@ -349,22 +347,16 @@ class SmoothQuant(OneShotConfig):
     method = "smoothquant"
     kind = SMOOTH
     statistics = ("abs_max",)
-    _fields = ("alpha", "unfoldable")
+    _fields = ("alpha",)
 
-    def __init__(self, alpha=0.5, unfoldable="skip", targets=None, ignore=None):
+    def __init__(self, alpha=0.5, targets=None, ignore=None):
         super().__init__(targets, ignore)
         ok = isinstance(alpha, int | float) and not isinstance(alpha, bool)
         if not ok or not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
             raise ValueError(
                 f"SmoothQuant: `alpha` must be a number in [0, 1]. Received: alpha={alpha!r}"
             )
-        if unfoldable not in ("skip", "scale"):
-            raise ValueError(
-                "SmoothQuant: `unfoldable` must be 'skip' or 'scale'. "
-                f"Received: unfoldable={unfoldable!r}"
-            )
         self.alpha = float(alpha)
-        self.unfoldable = unfoldable
 
     def describe(self):
         return f"smoothquant alpha={self.alpha:g}"

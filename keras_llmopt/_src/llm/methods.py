@@ -281,9 +281,7 @@ def smoothquant_step(config, step, stats, context):
     fold = folding.norm_fold(context.model, step) if step.norm_path else None
     note = ""
     if fold is None:
-        note = "input from no normalization: not smoothed (unfoldable='skip')"
-        if config.unfoldable == "scale":
-            note = "input from no normalization and no separate scale supported: not smoothed"
+        note = "input from no normalization: not smoothed"
     if fold is not None:
         w_abs_max = np.max([np.abs(v).max(axis=0) for v in views], axis=0)
         scales = grid_solvers.smoothquant_scales(
