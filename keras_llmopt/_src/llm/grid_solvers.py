@@ -213,7 +213,7 @@ def awq_scales(w, x_abs_mean, x, bits, group_size, grid_points=20):
         candidate = error_of(s)
         if candidate < best_error:
             best, best_error = s, candidate
-    clip = _search_clip(stacked * best[None, :], best, x, reference, bits, group_size, width)
+    clip = _search_clip(stacked * best[None, :], best, x, bits, group_size, width)
     return {
         "scales": best,
         "clip": clip,
@@ -229,7 +229,7 @@ def _clipped_grid(w, clip, bits, group_size, width):
     return quantize_to_grid(w, _fp16_scale(grouped, bits), bits, group_size)
 
 
-def _search_clip(scaled, s, x, reference, bits, group_size, width):
+def _search_clip(scaled, s, x, bits, group_size, width):
     rows = scaled.shape[0]
     n_groups = scaled.shape[1] // width
     best = np.ones((rows, n_groups), np.float32)
@@ -245,7 +245,6 @@ def _search_clip(scaled, s, x, reference, bits, group_size, width):
             better = err < best_error[:, g]
             best[better, g] = ratio
             best_error[better, g] = err[better]
-    del reference
     return best
 
 

@@ -79,13 +79,3 @@ class InputStatistics:
         """Bytes held (for the memory figures of the report)."""
         held = self.sq_norm.nbytes * 3 + sum(s.nbytes for s in self._sample)
         return held + (self.xtx.nbytes if self.xtx is not None else 0)
-
-    def merge(self, other):
-        """Adds another process's (or replica's) statistics of the same layer."""
-        self.count += other.count
-        if self.xtx is not None:
-            self.xtx += other.xtx
-        self.sq_norm += other.sq_norm
-        self.abs_sum += other.abs_sum
-        np.maximum(self.abs_max, other.abs_max, out=self.abs_max)
-        self._sample.extend(other._sample)
