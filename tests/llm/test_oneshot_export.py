@@ -30,3 +30,25 @@ def test_gptq_export_stores_the_chosen_grid(
     weight_grids.check_grids_kept(content, grids)  # raises on any differing weight
     stored = weight_grids.stored_weights(content)
     assert len(stored) >= len(grids)
+
+
+def test_smoothquant_improves_full_integer_ptq_on_a_model_with_outliers(
+    outlier_tiny, tiny_corpus, calibration, tmp_path
+):
+    from keras_llmopt import export, quantization, reference
+
+    dense = reference.evaluate(outlier_tiny, tiny_corpus, num_windows=64).bpb
+    loss = {}
+    for name, model in (
+        ("ptq", outlier_tiny),
+        ("smoothquant+ptq", llm.smoothquant(outlier_tiny, calibration, num_samples=64)),
+    ):
+        quantized = quantization.quantize_model(model)
+        quantization.calibrate(quantized, calibration)  # no training: ranges only
+        path = tmp_path / f"{name}.tflite"
+        result = export.to_tflite(quantized, path, quantization="int8", verify=False)
+        kinds = {k for op in result.summary["matmul_inputs"].values() for k in op}
+        assert kinds == {"int8,int8"}, kinds
+        loss[name] = reference.evaluate(str(path), tiny_corpus, num_windows=64).bpb - dense
+    assert loss["smoothquant+ptq"] < 0.3 * loss["ptq"], loss
+    assert loss["smoothquant+ptq"] < 0.005, loss

@@ -26,6 +26,8 @@ class Built:
         notes: What was done or worked around, in words.
         finetuned: Whether the variant was fine-tuned (its bits per byte is also compared
             with the dense model fine-tuned with the same steps and data).
+        calibration_seconds: Wall time of a post-training calibration (one-shot pass,
+            range calibration), when the variant has one.
     """
 
     path: str | None = None
@@ -34,6 +36,7 @@ class Built:
     verification: object = None
     notes: tuple = ()
     finetuned: bool = False
+    calibration_seconds: float | None = None
 
 
 @dataclasses.dataclass

@@ -55,7 +55,11 @@ def measure(built, corpus, num_windows):
     from keras_llmopt._src.export.runtime import load_runner
     from keras_llmopt._src.reference.evaluation import evaluate
 
-    row = {"size_bytes": built.size_bytes, "finetuned": bool(built.finetuned)}
+    row = {
+        "size_bytes": built.size_bytes,
+        "finetuned": bool(built.finetuned),
+        "calibration_seconds": built.calibration_seconds,
+    }
     if built.path is not None:
         row["runtime"] = RUNTIMES.get(os.path.splitext(built.path)[1], "?")
         row["artifact"] = built.path

@@ -27,6 +27,7 @@ _FIELDS = (
     ("latency_ms_keras", "ms_keras"),
     ("latency_iqr_pct_keras", "iqr%_keras"),
     ("latency_ratio_keras", None),
+    ("calibration_seconds", "calib_s"),
     ("verified", "verified"),
     ("finetuned", None),
     ("top1_agreement", None),
@@ -108,6 +109,8 @@ def format_value(value, key=""):
             return f"{value:.1f}"
         if key.startswith("delta_bpb"):
             return f"{value:+.4f}"
+        if key.endswith("seconds"):
+            return f"{value:.1f}"
         return f"{value:.4f}" if "bpb" in key else f"{value:.3f}"
     return str(value)
 
