@@ -46,69 +46,47 @@ def calibration_windows(ctx):
 
 
 def _compressed(ctx, key, recipe):
-    """``(model, seconds)`` of ``llm.oneshot(ctx.model, ..., recipe)``, built once per run."""
+    """``llm.oneshot(ctx.model, ..., recipe)``, built once per run (its report times it)."""
 
     def build():
         from keras_llmopt._src.llm import oneshot
 
         logging.info("benchmark: one-shot %s on %d windows", key, CALIBRATION_WINDOWS)
-        start = time.perf_counter()
-        model = oneshot.oneshot(
+        return oneshot.oneshot(
             ctx.model, calibration_windows(ctx), recipe, num_samples=CALIBRATION_WINDOWS
         )
-        return model, time.perf_counter() - start
 
     return ctx.shared(f"oneshot_{key}", build)
 
 
-def _notes(model, seconds):
+def _notes(model):
     report = model.oneshot_report
     return (
         f"one-shot {' -> '.join(report.recipe)} on {CALIBRATION_WINDOWS} training windows "
-        f"in {seconds:.1f} s ({report.steps} steps); no training",
+        f"in {report.seconds:.1f} s ({report.steps} steps); no training",
     )
 
 
-def _oneshot_row(key, recipe, doc, **export):
+def _oneshot_row(key, doc, *configs, int4=False):
+    """A row: ``configs`` (``(method, settings)``) in one pass, then a verified file."""
+
     def build(ctx):
-        model, seconds = _compressed(ctx, key, recipe(ctx))
-        kwargs = dict(export)
-        if kwargs.get("quantization") == "int4":
-            kwargs["block_size"] = group_size(ctx)
-        built = _tflite(ctx, model, f"klo_{key}", **kwargs)
-        built.notes = (*_notes(model, seconds), *built.notes)
-        built.calibration_seconds = seconds
+        from keras_llmopt._src.llm import configs as configs_lib
+
+        recipe = []
+        for method, settings in configs:
+            if method in ("gptq", "awq"):  # the grid methods: 4 bits in the row's groups
+                settings = {"bits": 4, "group_size": group_size(ctx), **settings}
+            recipe.append(configs_lib.CONFIG_CLASSES[method](**settings))
+        model = _compressed(ctx, key, recipe)
+        export = {"quantization": "int4", "block_size": group_size(ctx)} if int4 else {}
+        built = _tflite(ctx, model, f"klo_{key}", **export)
+        built.notes = (*_notes(model), *built.notes)
+        built.calibration_seconds = model.oneshot_report.seconds
         return built
 
     build.__doc__ = doc
     return build
-
-
-def _sparse(method, **settings):
-    def recipe(ctx):
-        from keras_llmopt._src.llm import configs
-
-        return configs.CONFIG_CLASSES[method](**settings)
-
-    return recipe
-
-
-def _gptq(ctx):
-    from keras_llmopt._src.llm import configs
-
-    return configs.GPTQ(bits=4, group_size=group_size(ctx))
-
-
-def _awq(ctx):
-    from keras_llmopt._src.llm import configs
-
-    return configs.AWQ(bits=4, group_size=group_size(ctx))
-
-
-def _sparse_gptq(ctx):
-    from keras_llmopt._src.llm import configs
-
-    return [configs.SparseGPT(0.5), _gptq(ctx)]
 
 
 def _ranges_calibrated(ctx, model, name, seconds=0.0, notes=()):
@@ -133,10 +111,9 @@ def klo_smoothquant_int8_ptq(ctx):
     """
     from keras_llmopt._src.llm import configs
 
-    model, seconds = _compressed(ctx, "smoothquant", configs.SmoothQuant(0.5))
-    return _ranges_calibrated(
-        ctx, model, "klo_smoothquant_int8_ptq", seconds, _notes(model, seconds)
-    )
+    model = _compressed(ctx, "smoothquant", [configs.SmoothQuant(0.5)])
+    seconds = model.oneshot_report.seconds
+    return _ranges_calibrated(ctx, model, "klo_smoothquant_int8_ptq", seconds, _notes(model))
 
 
 def klo_ptq_int8(ctx):
@@ -163,36 +140,39 @@ def aeq_rtn_int4(ctx):
     return built
 
 
-_INT4 = dict(quantization="int4")
-
 VARIANTS = {
     "klo_magnitude50": _oneshot_row(
-        "magnitude50", _sparse("magnitude", sparsity=0.5), "One-shot magnitude 50 %, fp32."
+        "magnitude50", "One-shot magnitude 50 %, fp32.", ("magnitude", {"sparsity": 0.5})
     ),
-    "klo_wanda50": _oneshot_row("wanda50", _sparse("wanda", sparsity=0.5), "Wanda 50 %, fp32."),
+    "klo_wanda50": _oneshot_row("wanda50", "Wanda 50 %, fp32.", ("wanda", {"sparsity": 0.5})),
     "klo_sparsegpt50": _oneshot_row(
-        "sparsegpt50", _sparse("sparsegpt", sparsity=0.5), "SparseGPT 50 %, fp32."
+        "sparsegpt50", "SparseGPT 50 %, fp32.", ("sparsegpt", {"sparsity": 0.5})
     ),
     "klo_magnitude_2of4": _oneshot_row(
-        "magnitude_2of4", _sparse("magnitude", m_by_n=(2, 4)), "One-shot magnitude 2:4, fp32."
+        "magnitude_2of4", "One-shot magnitude 2:4, fp32.", ("magnitude", {"m_by_n": (2, 4)})
     ),
-    "klo_wanda_2of4": _oneshot_row(
-        "wanda_2of4", _sparse("wanda", m_by_n=(2, 4)), "Wanda 2:4, fp32."
-    ),
+    "klo_wanda_2of4": _oneshot_row("wanda_2of4", "Wanda 2:4, fp32.", ("wanda", {"m_by_n": (2, 4)})),
     "klo_sparsegpt_2of4": _oneshot_row(
-        "sparsegpt_2of4", _sparse("sparsegpt", m_by_n=(2, 4)), "SparseGPT 2:4, fp32."
+        "sparsegpt_2of4", "SparseGPT 2:4, fp32.", ("sparsegpt", {"m_by_n": (2, 4)})
     ),
     "klo_gptq_int4": _oneshot_row(
-        "gptq_int4", _gptq, "GPTQ int4 (groups of 128 on small), int4 file on GPTQ's grid.", **_INT4
+        "gptq_int4",
+        "GPTQ int4 (groups of 128 on small), int4 file on its grid.",
+        ("gptq", {}),
+        int4=True,
     ),
     "klo_awq_int4": _oneshot_row(
-        "awq_int4", _awq, "AWQ int4 (groups of 128 on small), int4 file on AWQ's grid.", **_INT4
+        "awq_int4",
+        "AWQ int4 (groups of 128 on small), int4 file on its grid.",
+        ("awq", {}),
+        int4=True,
     ),
     "klo_sparsegpt50_gptq_int4": _oneshot_row(
         "sparsegpt50_gptq_int4",
-        _sparse_gptq,
         "SparseGPT 50 % then GPTQ int4 in one pass, int4 file.",
-        **_INT4,
+        ("sparsegpt", {"sparsity": 0.5}),
+        ("gptq", {}),
+        int4=True,
     ),
     "klo_smoothquant_int8_ptq": klo_smoothquant_int8_ptq,
     "klo_ptq_int8": klo_ptq_int8,
