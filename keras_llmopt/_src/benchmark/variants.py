@@ -14,7 +14,7 @@ import warnings
 
 from absl import logging
 
-from keras_llmopt._src.benchmark import oneshot_variants
+from keras_llmopt._src.benchmark import keras_native_variants, oneshot_variants
 from keras_llmopt._src.benchmark.context import BenchmarkContext, Built, _tflite  # noqa: F401
 from keras_llmopt._src.core import registry
 from keras_llmopt._src.sparsity.technique import pruning_schedule
@@ -402,6 +402,7 @@ BUILTIN_VARIANTS = {
     "klo_qat_int8": klo_qat_int8,
     "klo_cluster16": klo_cluster16,
     **oneshot_variants.VARIANTS,
+    **keras_native_variants.VARIANTS,
 }
 
 

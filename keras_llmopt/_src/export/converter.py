@@ -30,6 +30,9 @@ class TracedSignatures:
         rewritten: How many graph nodes ``graph_rewrite`` changed.
         num_parameters: Elements of the distinct variables the signatures read (each
             shared weight counted once).
+        keep_matmul_weights: Stop the converter multiplying a neighbouring constant
+            (an RMSNorm scale) into FULLY_CONNECTED weights, so each weight is the
+            model's kernel as it is (needed to keep one-shot weight grids).
     """
 
     signatures: tuple
@@ -37,6 +40,7 @@ class TracedSignatures:
     is_qat: bool
     rewritten: int = 0
     num_parameters: int = 0
+    keep_matmul_weights: bool = False
 
 
 def trace(signatures, integer_rewrite=False):
@@ -143,6 +147,9 @@ def convert(traced, mode, sparse=False, representative_dataset=None, what="to_tf
             sparse=sparse,
             representative_dataset=data,
         )
+        # The converter otherwise folds `x * scale` (RMSNorm's last op) into the next
+        # FULLY_CONNECTED's weight, moving it off a one-shot grid.
+        converter._experimental_disable_fuse_mul_and_fc = traced.keep_matmul_weights
         try:
             return converter.convert()
         except Exception as error:  # the converter raises many types; keep its message

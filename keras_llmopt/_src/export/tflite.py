@@ -1,5 +1,7 @@
 """``to_tflite``: a Keras model to a verified ``.tflite`` in any converter mode."""
 
+import dataclasses
+
 import numpy as np
 from absl import logging
 
@@ -301,6 +303,8 @@ def build_flatbuffer(
         notes.append("quantization ranges learned by QAT (fake-quant ops) are used")
     grids = tuple(grids)
     weight_grids.check_mode(grids, mode.name)
+    if grids:
+        traced = dataclasses.replace(traced, keep_matmul_weights=True)
     logging.info("%s: converting (quantization=%s, sparse=%s)", what, mode.name, sparse)
     content = sparse_advice.convert(traced, mode, sparse, data, what, notes)
     if grids and not mode.int4_weights:  # before compaction, which shares equal vectors

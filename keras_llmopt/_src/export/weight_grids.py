@@ -7,6 +7,8 @@ re-rounding every group whose largest code is below ``2**(bits - 1) - 1``.
 :func:`keep_grids` finds each grid's weight in the quantized file and overwrites its
 codes and scales in place, so the file dequantizes to ``grid.dequantize()`` bit for
 bit; :func:`check_grids_kept` proves it and :func:`stored_weights` reads weights back.
+Where the converter multiplied a constant into a weight (attention's ``1/sqrt(d)`` on
+the query kernel) the file keeps the grid's codes with its scales times that constant.
 """
 
 import collections
@@ -155,14 +157,14 @@ class _Stored:
     def dequantized(self):
         return self.codes().astype(np.float32) * _steps(self.scales(), self.out_in[1])
 
-    def write(self, grid):
-        flat = _unrows(grid.codes, self.shape, self.out_axis).reshape(-1).view(np.uint8)
+    def write(self, codes, scales):
+        flat = _unrows(codes, self.shape, self.out_axis).reshape(-1).view(np.uint8)
         if self.bits == 4:
             nibbles = np.zeros(2 * self.data.size, np.uint8)
             nibbles[: flat.size] = flat & 15
             flat = nibbles[0::2] | (nibbles[1::2] << 4)  # the first value in the low nibble
         self.data[:] = flat
-        values = _unrows(grid.scales, self.scale_shape, self.scale_axis)
+        values = _unrows(scales, self.scale_shape, self.scale_axis)
         self.scale[:] = values.astype(self.scale.dtype).reshape(-1)
 
 
@@ -232,24 +234,77 @@ def _read(data):
     return weights, owners
 
 
+@dataclasses.dataclass
+class _Match:
+    """A file weight within one of its steps of ``factor`` times a grid's values."""
+
+    weight: _Stored
+    factor: float  # 1, or a constant the converter multiplied in (attention's 1/sqrt(d))
+    distance: float  # the largest difference, in the file's steps
+
+    def scales(self, grid):
+        """The scales the file holds when it keeps ``grid``, in the file's precision."""
+        scaled = grid.scales.astype(np.float64) * self.factor
+        return scaled.astype(self.weight.scale.dtype).astype(np.float32)
+
+
+def _one_factor(stored, scales, dtype):
+    """Whether ``stored == round_to(dtype, c * scales)`` for one constant ``c``.
+
+    Each stored value is the rounding of every number in the interval halfway to its
+    neighbours, so ``c`` must lie in every ``interval / scale``; they must overlap.
+    """
+    stored = stored.astype(dtype)
+    wide = stored.astype(np.float64)
+    low = (wide + np.nextafter(stored, dtype.type(-np.inf)).astype(np.float64)) / 2
+    high = (wide + np.nextafter(stored, dtype.type(np.inf)).astype(np.float64)) / 2
+    scales = scales.astype(np.float64)
+    nonzero = scales > 0
+    if np.any(stored[~nonzero] != 0):
+        return False
+    if not np.any(nonzero):
+        return True
+    ratios_low, ratios_high = low[nonzero] / scales[nonzero], high[nonzero] / scales[nonzero]
+    return bool(ratios_low.max() <= ratios_high.min())
+
+
+def _fit(grid, weight, target):
+    """``_Match`` of ``weight`` to ``grid``, or ``(None, distance at factor 1)``."""
+    stored, step = weight.dequantized(), _steps(weight.scales(), weight.out_in[1])
+    norm = float((target.astype(np.float64) ** 2).sum())
+    factors = [1.0]
+    if norm > 0:
+        fitted = float((stored * target.astype(np.float64)).sum() / norm)
+        if np.isfinite(fitted) and fitted != 0 and not np.isclose(fitted, 1.0, rtol=1e-6):
+            factors.append(fitted)
+    first = None
+    for factor in factors:
+        off = np.abs(stored - factor * target)
+        distance = float(np.max(off / np.maximum(step, 1e-30)))
+        first = distance if first is None else first
+        if np.max(off - step) <= 1e-6 * abs(factor) * np.abs(target).max():
+            return _Match(weight, factor, distance), None
+    return None, first
+
+
 def _matches(grid, weights):
-    """The weights of ``grid``'s shape within one of their own steps of its values."""
+    """Every ``_Match`` of ``grid`` among the file's weights of its ``(out, in)`` shape."""
     target, found, closest = grid.dequantize(), [], None
     for weight in weights:
         if weight.out_in != grid.codes.shape:
             continue
-        step = _steps(weight.scales(), weight.out_in[1])
-        off = np.abs(weight.dequantized() - target) - step
-        if off.max() <= 1e-6 * np.abs(target).max():
-            found.append(weight)
-        ratio = float(np.max((off + step) / np.maximum(step, 1e-30)))
-        closest = min(closest or (ratio, weight.key), (ratio, weight.key))
+        match, distance = _fit(grid, weight, target)
+        if match is not None:
+            found.append(match)
+        else:
+            closest = min(closest or (distance, weight.key), (distance, weight.key))
     if not found:
         why = f"none has shape {grid.codes.shape} (out, in)"
         if closest:
             why = f"the closest, {closest[1]!r}, is off by {closest[0]:.3g} of its steps"
         raise ValueError(f"{grid!r} matches no int4/int8 matmul weight of the file: {why}")
-    for weight in found:
+    for match in found:
+        weight = match.weight
         same = weight.bits == grid.bits and weight.scales().shape[1] == grid.scales.shape[1]
         if not same or weight.block_size == 0:
             raise ValueError(
@@ -260,14 +315,45 @@ def _matches(grid, weights):
     return found
 
 
+def _assign(grids, weights):
+    """``[(grid, _Match)]``: each matched file weight given to its nearest grid.
+
+    Layers that start from equal weights (untrained models) can end on grids within a
+    step of each other, so a weight may match several grids; the nearest holds it. A
+    grid must hold at least one weight, or be equal to a grid that holds one of its.
+    """
+    nearest, candidates = {}, {}
+    for grid in grids:
+        if not isinstance(grid, WeightGrid):
+            raise TypeError(f"`grids` must hold WeightGrid objects. Received: {grid!r}")
+        candidates[id(grid)] = _matches(grid, weights)
+        for match in candidates[id(grid)]:
+            best = nearest.get(match.weight.key)
+            if best is None or match.distance < best[1].distance:
+                nearest[match.weight.key] = (grid, match)
+    pairs = list(nearest.values())
+    for grid in grids:
+        holders = [nearest[m.weight.key][0] for m in candidates[id(grid)]]
+        if not any(h is grid or np.array_equal(h.dequantize(), grid.dequantize()) for h in holders):
+            keys = [m.weight.key for m in candidates[id(grid)]]
+            raise ValueError(
+                f"{grid!r} matches only file weights nearer to other grids ({keys}); a "
+                "weight cannot hold two different grids."
+            )
+    return pairs
+
+
 def keep_grids(quantized_content, grids):
     """Overwrites the quantized weights of ``quantized_content`` with ``grids``' codes.
 
     A grid's weights are the int4/int8 weights of matmul ops (in every subgraph) of
     its ``(out, in)`` shape, read with the quantized dimension as rows (FULLY_CONNECTED
     ``[out, in]``, a constant BATCH_MATMUL operand ``[in, out]``), that dequantize to
-    within one of the file's steps of ``grid.dequantize()``. Their codes (int4: two to
-    a byte, the first in the low nibble) and scales (float32 quantization scales, or
+    within one of the file's steps of ``grid.dequantize()``, or of a constant times it
+    (a scalar the converter folded in: then the scales written are the grid's times
+    that constant, rounded once to the file's scale type). A weight within a step of
+    several grids (layers that started equal) takes the nearest. The codes (int4: two
+    to a byte, the first in the low nibble) and scales (float32 quantization scales, or
     blockwise int4's float16 ``<name>_scales`` tensor) are overwritten in place.
 
     Args:
@@ -281,8 +367,9 @@ def keep_grids(quantized_content, grids):
 
     Raises:
         ValueError: A grid matches no weight; its bits or granularity differ from the
-            file's (naming both); a weight matches two different grids; or the data
-            to overwrite is shared with a tensor the grid does not own.
+            file's (naming both); every weight a grid matches is nearer to another
+            grid; or the data to overwrite is shared with a tensor the grid does not
+            own.
 
     Example:
         >>> import tensorflow as tf
@@ -294,29 +381,21 @@ def keep_grids(quantized_content, grids):
     """
     data = bytearray(_as_bytes(quantized_content))
     weights, owners = _read(data)
-    claimed, patches = {}, []
-    for grid in grids:
-        if not isinstance(grid, WeightGrid):
-            raise TypeError(f"`grids` must hold WeightGrid objects. Received: {grid!r}")
-        for weight in _matches(grid, weights):
-            other = claimed.setdefault(weight.key, grid)
-            if other is not grid and not np.array_equal(other.dequantize(), grid.dequantize()):
-                raise ValueError(
-                    f"The file's weight {weight.key!r} matches both {other!r} "
-                    f"and {grid!r}; their values differ, so it cannot hold both."
-                )
-            patches.append((grid, weight))
-    for grid, weight in patches:
-        own = set().union(*(w.tensors for g, w in patches if g is grid))
+    patches = _assign(grids, weights)
+    own = {}
+    for grid, match in patches:
+        own.setdefault(id(grid), set()).update(match.weight.tensors)
+    for grid, match in patches:
+        weight = match.weight
         for vector in (weight.data, weight.scale):
-            if others := owners[vector.ctypes.data] - own:
+            if others := owners[vector.ctypes.data] - own[id(grid)]:
                 raise ValueError(
                     f"{grid!r}: the file's weight {weight.key!r} shares its data with "
                     f"{len(others)} other tensor(s) (subgraph, index) {sorted(others)[:4]}; "
                     "keep grids before compaction, which shares equal vectors."
                 )
-    for grid, weight in patches:
-        weight.write(grid)
+    for grid, match in patches:
+        match.weight.write(grid.codes, match.scales(grid))
     return bytes(data)
 
 
@@ -351,8 +430,9 @@ def stored_weights(content):
 def check_grids_kept(content, grids):
     """Raises ``ValueError`` naming the first grid the file does not hold exactly.
 
-    A grid is held when every matmul weight that matches it (see :func:`keep_grids`)
-    stores its codes and scales, so it dequantizes to ``grid.dequantize()`` bit for bit.
+    A grid is held when every matmul weight it was given (see :func:`keep_grids`)
+    stores its codes and scales (times the constant the converter folded in, if any),
+    so it dequantizes to ``grid.dequantize()`` bit for bit.
 
     Raises:
         ValueError: A grid matches no weight or a different granularity, or its
@@ -370,17 +450,18 @@ def check_grids_kept(content, grids):
         ValueError: WeightGrid('dense', 64x32, 8-bit, one scale per output row) is not kept: ...
     """
     weights, _ = _read(_as_bytes(content))
-    for grid in grids:
-        for weight in _matches(grid, weights):
-            codes, scales = weight.codes(), weight.scales()
-            if np.array_equal(codes, grid.codes) and np.array_equal(scales, grid.scales):
-                continue
-            difference = float(np.abs(weight.dequantized() - grid.dequantize()).max())
-            raise ValueError(
-                f"{grid!r} is not kept: the file's weight {weight.key!r} differs from it by "
-                f"up to {difference:.3g} ({int(np.sum(codes != grid.codes))} codes and "
-                f"{int(np.sum(scales != grid.scales))} scales differ)"
-            )
+    for grid, match in _assign(grids, weights):
+        weight, expected = match.weight, match.scales(grid)
+        codes, scales = weight.codes(), weight.scales()
+        kept = _one_factor(scales, grid.scales, weight.scale.dtype)
+        if np.array_equal(codes, grid.codes) and kept:
+            continue
+        difference = float(np.abs(weight.dequantized() - grid.dequantize() * match.factor).max())
+        raise ValueError(
+            f"{grid!r} is not kept: the file's weight {weight.key!r} differs from it by "
+            f"up to {difference:.3g} ({int(np.sum(codes != grid.codes))} codes and "
+            f"{int(np.sum(scales != expected))} scales differ)"
+        )
 
 
 def check_mode(grids, mode):
