@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from keras_llmopt._src.benchmark import matrix_generation
+from keras_llmopt._src.benchmark import matrix_generation, matrix_oneshot
 from keras_llmopt._src.benchmark import matrix_outcomes as outcomes
 
 SEQUENCE_LENGTH = 16
@@ -465,9 +465,10 @@ CELLS = {
     "saved_model": saved_model,
     "save_load": save_load,
     **matrix_generation.CELLS,
+    **matrix_oneshot.CELLS,
 }
 # Cells that claim integer matmuls (a float matmul there is a silent failure).
-INTEGER_CELLS = ("qat_int8", "ptq_int8", "int16x8", "generator_int8")
+INTEGER_CELLS = ("qat_int8", "ptq_int8", "int16x8", "generator_int8", "oneshot_smoothquant_int8")
 
 
 def run_cell(ctx, name, time_limit=None):
