@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from keras_llmopt import export
-from keras_llmopt._src.benchmark import matrix_cells, matrix_models, matrix_outcomes, model_matrix
+from keras_llmopt._src.benchmark import (
+    matrix_cells,
+    matrix_checks,
+    matrix_models,
+    matrix_outcomes,
+    model_matrix,
+)
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -95,7 +101,7 @@ def test_float_matmuls_in_an_int8_cell_are_a_silent_failure(tmp_path):
     report = ctx.to_tflite(ctx.model, "dyn", quantization="dynamic_int8")
     counts = matrix_outcomes.matmul_inputs(report.summary)
     with pytest.raises(matrix_outcomes.SilentFailure, match="3/3 FULLY_CONNECTED"):
-        matrix_cells._require_integer(counts, "int8", "int8")
+        matrix_checks.require_integer(counts, "int8", "int8")
     assert matrix_outcomes.matmul_label(counts) == "w-int"
     assert matrix_outcomes.matmul_label({"int8,int8": 13, "float32,float32": 2}) == "2/15 float"
 

@@ -101,9 +101,10 @@ def keras_dataset(windows):
     """
     count, length = windows.shape
     stream = np.ascontiguousarray(windows, dtype=np.int32).reshape(-1)
-    try:
-        from keras.src.quantizers.gptq_core import get_dataloader
-    except ImportError:  # a later Keras: the plain stream, cut as that Keras cuts it
+    from keras_llmopt._src.core.keras_compat import keras_calibration_sampler
+
+    get_dataloader = keras_calibration_sampler()
+    if get_dataloader is None:  # a later Keras: the plain stream, cut as that Keras cuts it
         return [stream], False
 
     def sample(data):

@@ -20,8 +20,8 @@ import time
 
 import keras
 import numpy as np
-from absl import logging
 
+from keras_llmopt._src.benchmark import matrix_checks as checks
 from keras_llmopt._src.benchmark import matrix_generation, matrix_oneshot
 from keras_llmopt._src.benchmark import matrix_outcomes as outcomes
 
@@ -152,47 +152,6 @@ class RowContext:
 # --- measuring --------------------------------------------------------------------------
 
 
-def _check_verified(report, what):
-    verification = report.verification
-    if verification is None or not verification.passed:
-        failures = getattr(verification, "failures", None) or ["no verification"]
-        raise outcomes.SilentFailure(
-            "unverified file", f"{what} returned an unverified artifact: {'; '.join(failures)}"
-        )
-
-
-def _measured(ctx, report, what, label=None):
-    """Figures of a verified export, as an ``ok`` cell's text and figures."""
-    _check_verified(report, what)
-    counts = outcomes.matmul_inputs(report.summary) if report.format == "tflite" else {}
-    figures = {"size_bytes": int(report.size_bytes), "matmuls": counts}
-    figures["top1"] = float(report.verification.top1_agreement)
-    ratio = None
-    try:
-        ratio = report.size_bytes / ctx.fp32_size()
-    except Exception as error:  # the ratio is missing, the cell still measured
-        logging.warning("model matrix: no fp32 .tflite to compare with: %s", error)
-    figures["size_ratio"] = ratio
-    parts = ["ok"]
-    if ratio is not None:
-        parts.append(f"{ratio:.2f}x")
-    label = label if label is not None else (outcomes.matmul_label(counts) if counts else "")
-    if label:
-        parts.append(label)
-    return " ".join(parts), figures
-
-
-def _require_integer(counts, activations, mode):
-    total = sum(counts.values())
-    floating = outcomes.float_matmuls(counts, activations)
-    if not total or floating:
-        raise outcomes.SilentFailure(
-            f"{floating}/{total} matmuls float" if total else "no matmul",
-            f"quantization={mode!r} file has {floating}/{total} FULLY_CONNECTED/BATCH_MATMUL "
-            f"ops without {activations} inputs: {counts}",
-        )
-
-
 # --- cells ----------------------------------------------------------------------------
 
 
@@ -254,7 +213,7 @@ def prune_strip(ctx):
         raise outcomes.SilentFailure(
             f"{level:.0%} zeros", f"pruned weights are {level:.0%} zero, target 50%"
         )
-    text, figures = _measured(ctx, ctx.to_tflite(stripped, "pruned", sparse=True), "prune")
+    text, figures = checks.measured(ctx, ctx.to_tflite(stripped, "pruned", sparse=True), "prune")
     figures["sparsity"] = level
     return f"{text} {level:.0%}sp", figures
 
@@ -270,9 +229,9 @@ def qat_int8(ctx):
         (True, True)
     """
     report = ctx.to_tflite(qat_model(ctx), "qat_int8", quantization="int8")
-    _check_verified(report, "to_tflite(int8) of a QAT model")
-    _require_integer(outcomes.matmul_inputs(report.summary), "int8", "int8")
-    return _measured(ctx, report, "qat int8")
+    checks.check_verified(report, "to_tflite(int8) of a QAT model")
+    checks.require_integer(outcomes.matmul_inputs(report.summary), "int8", "int8")
+    return checks.measured(ctx, report, "qat int8")
 
 
 def ptq_int8(ctx):
@@ -287,9 +246,9 @@ def ptq_int8(ctx):
     """
     data = ctx.sample(16, seed=3)
     report = ctx.to_tflite(ctx.model, "ptq_int8", quantization="int8", representative_dataset=data)
-    _check_verified(report, "to_tflite(int8, representative_dataset=...)")
-    _require_integer(outcomes.matmul_inputs(report.summary), "int8", "int8")
-    return _measured(ctx, report, "ptq int8")
+    checks.check_verified(report, "to_tflite(int8, representative_dataset=...)")
+    checks.require_integer(outcomes.matmul_inputs(report.summary), "int8", "int8")
+    return checks.measured(ctx, report, "ptq int8")
 
 
 def int16x8(ctx):
@@ -306,9 +265,9 @@ def int16x8(ctx):
     report = ctx.to_tflite(
         ctx.model, "int16x8", quantization="int16x8", representative_dataset=data
     )
-    _check_verified(report, "to_tflite(int16x8)")
-    _require_integer(outcomes.matmul_inputs(report.summary), "int16", "int16x8")
-    return _measured(ctx, report, "int16x8")
+    checks.check_verified(report, "to_tflite(int16x8)")
+    checks.require_integer(outcomes.matmul_inputs(report.summary), "int16", "int16x8")
+    return checks.measured(ctx, report, "int16x8")
 
 
 def dynamic_int8(ctx):
@@ -322,7 +281,9 @@ def dynamic_int8(ctx):
         (True, True)
     """
     report = ctx.to_tflite(ctx.model, "dynamic_int8", quantization="dynamic_int8")
-    return _measured(ctx, report, "dynamic int8", label=_check_weights(report, "dynamic_int8"))
+    return checks.measured(
+        ctx, report, "dynamic int8", label=checks.check_weights(report, "dynamic_int8")
+    )
 
 
 def int4(ctx):
@@ -337,26 +298,7 @@ def int4(ctx):
         (True, True)
     """
     report = ctx.to_tflite(ctx.model, "int4", quantization="int4")
-    return _measured(ctx, report, "int4", label=_check_weights(report, "int4"))
-
-
-def _check_weights(report, mode):
-    """A weight-quantized file: integer weights on its FULLY_CONNECTED ops, a smaller file.
-
-    The converter leaves a weight with fewer than 1024 values in float, so a tiny model
-    may keep a few float FULLY_CONNECTED; the label counts them. No integer weight at
-    all is a silent failure. Int4 weights read back as int8 tensors in LiteRT's Python
-    interpreter, so ``int4`` is told from ``int8`` by the size ratio.
-    """
-    _check_verified(report, f"to_tflite({mode})")
-    fc = (report.summary.get("matmul_inputs") or {}).get("FULLY_CONNECTED", {})
-    total = sum(fc.values())
-    integer = sum(n for key, n in fc.items() if key.split(",")[-1] in ("int8", "int4"))
-    if total and not integer:
-        raise outcomes.SilentFailure(
-            "float weights", f"quantization={mode!r}: no FULLY_CONNECTED has integer weights: {fc}"
-        )
-    return "w-int" if integer == total else f"w-int {integer}/{total}"
+    return checks.measured(ctx, report, "int4", label=checks.check_weights(report, "int4"))
 
 
 def cluster(ctx):
@@ -385,7 +327,7 @@ def cluster(ctx):
         raise outcomes.SilentFailure(
             f"{most} values", f"a clustered kernel has {most} distinct values after stripping"
         )
-    text, figures = _measured(ctx, ctx.to_tflite(stripped, "clustered"), "cluster")
+    text, figures = checks.measured(ctx, ctx.to_tflite(stripped, "clustered"), "cluster")
     figures["max_distinct"] = most
     return f"{text} <={most}v" if most else text, figures
 
@@ -404,7 +346,7 @@ def onnx(ctx):
     report = to_onnx(
         ctx.model, ctx.path("model.onnx"), sequence_length=ctx.sequence_length, batch_size=1
     )
-    return _measured(ctx, report, "to_onnx", label="")
+    return checks.measured(ctx, report, "to_onnx", label="")
 
 
 def saved_model(ctx):
@@ -421,7 +363,7 @@ def saved_model(ctx):
     report = to_saved_model(
         ctx.model, ctx.path("saved_model"), sequence_length=ctx.sequence_length, batch_size=1
     )
-    return _measured(ctx, report, "to_saved_model", label="")
+    return checks.measured(ctx, report, "to_saved_model", label="")
 
 
 def save_load(ctx):

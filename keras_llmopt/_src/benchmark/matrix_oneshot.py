@@ -20,6 +20,7 @@ A method that cannot handle a model (no Dense to compress, inputs not divisible 
 import keras
 import numpy as np
 
+from keras_llmopt._src.benchmark import matrix_checks as checks
 from keras_llmopt._src.benchmark import matrix_outcomes as outcomes
 
 CALIBRATION_ROWS = 16
@@ -128,10 +129,9 @@ def _check_two_of_four(view):
 
 
 def _fp32_export(ctx, model, name):
-    from keras_llmopt._src.benchmark.matrix_cells import _check_verified
 
     report = ctx.to_tflite(model, name)
-    _check_verified(report, f"to_tflite of the {name} model")
+    checks.check_verified(report, f"to_tflite of the {name} model")
     return report
 
 
@@ -144,7 +144,6 @@ def oneshot_wanda(ctx):
         >>> oneshot_wanda(RowContext(sequential_lm(), "out"))[0]
         'ok 50%'
     """
-    from keras_llmopt._src.benchmark.matrix_cells import _measured
     from keras_llmopt._src.llm.configs import Wanda
 
     pruned = _oneshot(ctx, Wanda(0.5))
@@ -154,7 +153,7 @@ def oneshot_wanda(ctx):
     level = sum(float(np.sum(v == 0.0)) for v in views.values()) / sum(
         v.size for v in views.values()
     )
-    _, figures = _measured(ctx, _fp32_export(ctx, pruned, "oneshot_wanda"), "wanda", label="")
+    _, figures = checks.measured(ctx, _fp32_export(ctx, pruned, "oneshot_wanda"), "wanda", label="")
     figures.update(sparsity=level, layers=len(views))
     return f"ok {level:.0%}", figures
 
@@ -238,7 +237,6 @@ def oneshot_sparsegpt_2of4(ctx):
         >>> oneshot_sparsegpt_2of4(RowContext(sequential_lm(), "out"))[0]
         'ok 2:4'
     """
-    from keras_llmopt._src.benchmark.matrix_cells import _measured
     from keras_llmopt._src.llm.configs import SparseGPT
 
     pruned = _oneshot(ctx, SparseGPT(m_by_n=(2, 4)))
@@ -259,7 +257,7 @@ def oneshot_sparsegpt_2of4(ctx):
             "2:4 not in file",
             f"no matmul weight of the fp32 file holds the zeros of any of the {total} 2:4 layers",
         )
-    _, figures = _measured(ctx, report, "sparsegpt 2:4", label="")
+    _, figures = checks.measured(ctx, report, "sparsegpt 2:4", label="")
     figures.update(layers=total, layers_in_file=found)
     return "ok 2:4" if found == total else f"ok 2:4 file {found}/{total}", figures
 
@@ -292,21 +290,20 @@ def _check_grids(model, views, method):
 
 
 def _int4_cell(ctx, config, name):
-    from keras_llmopt._src.benchmark.matrix_cells import _check_weights, _measured
     from keras_llmopt._src.export import weight_grids
 
     quantized = _oneshot(ctx, config)
     views = _compressed_views(quantized)
     grids = _check_grids(quantized, views, config.describe())
     report = ctx.to_tflite(quantized, name, quantization="int4")
-    label = _check_weights(report, "int4")
+    label = checks.check_weights(report, "int4")
     with open(report.path, "rb") as handle:
         content = handle.read()
     try:  # read back here, apart from the exporter's own check
         weight_grids.check_grids_kept(content, grids)
     except ValueError as error:
         raise outcomes.SilentFailure("grid not kept", f"{config.describe()}: {error}") from None
-    text, figures = _measured(ctx, report, config.describe(), label=label)
+    text, figures = checks.measured(ctx, report, config.describe(), label=label)
     size = config.group_size
     figures.update(layers=len(views), grids_kept=len(grids), group_size=size)
     return f"{text} {'pc' if size == -1 else f'g{size}'}", figures
@@ -395,11 +392,6 @@ def oneshot_smoothquant_int8(ctx):
         >>> text.startswith("ok"), figures["smoothed"] > 0
         (True, True)
     """
-    from keras_llmopt._src.benchmark.matrix_cells import (
-        _check_verified,
-        _measured,
-        _require_integer,
-    )
     from keras_llmopt._src.llm.configs import SmoothQuant
 
     smoothed = _oneshot(ctx, SmoothQuant(0.5))
@@ -411,9 +403,9 @@ def oneshot_smoothquant_int8(ctx):
         quantization="int8",
         representative_dataset=ctx.sample(16, seed=3),
     )
-    _check_verified(report, "to_tflite(int8, representative_dataset=...) after SmoothQuant")
-    _require_integer(outcomes.matmul_inputs(report.summary), "int8", "int8")
-    text, figures = _measured(ctx, report, "smoothquant int8")
+    checks.check_verified(report, "to_tflite(int8, representative_dataset=...) after SmoothQuant")
+    checks.require_integer(outcomes.matmul_inputs(report.summary), "int8", "int8")
+    text, figures = checks.measured(ctx, report, "smoothquant int8")
     figures.update(smoothed=done, layers=total, float_change=change)
     return f"{text} sq {done}/{total}", figures
 

@@ -26,6 +26,7 @@ __all__ = [
     "graph_of",
     "graph_operations",
     "is_plain_graph_model",
+    "keras_calibration_sampler",
     "keras_mask",
     "operation_name",
     "producer_of",
@@ -173,6 +174,23 @@ def register_serialized_name(cls, name):
         >>> register_serialized_name(Mine, "tests>Mine")
     """
     object_registration.GLOBAL_CUSTOM_NAMES[cls] = name
+
+
+def keras_calibration_sampler():
+    """Keras's own GPTQ/AWQ calibration sampler (``gptq_core.get_dataloader``), or None.
+
+    Used to hand Keras's native GPTQ/AWQ exactly the calibration windows our passes
+    see; ``None`` when a Keras release has moved it.
+
+    Example:
+        >>> callable(keras_calibration_sampler())
+        True
+    """
+    try:
+        from keras.src.quantizers.gptq_core import get_dataloader
+    except ImportError:
+        return None
+    return get_dataloader
 
 
 class attention_internals:  # noqa: N801  (a namespace of accessors, used as such)
