@@ -22,6 +22,7 @@ MODULES = [
     "keras_llmopt._src.export.signature",
     "keras_llmopt._src.export.signature_def",
     "keras_llmopt._src.export.signature_verification",
+    "keras_llmopt._src.export.stored_weights",
     "keras_llmopt._src.export.tflite",
     "keras_llmopt._src.export.tflite_modes",
     "keras_llmopt._src.export.tflite_signatures",

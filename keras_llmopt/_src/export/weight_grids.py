@@ -11,15 +11,13 @@ Where the converter multiplied a constant into a weight (attention's ``1/sqrt(d)
 the query kernel) the file keeps the grid's codes with its scales times that constant.
 """
 
-import collections
 import dataclasses
 
 import numpy as np
 
 from keras_llmopt._src.export.compact import _as_bytes
-from keras_llmopt._src.export.report import MATMUL_OPS
+from keras_llmopt._src.export.stored_weights import StoredWeight, read_weights, steps
 
-_INT_TYPES = {"INT4": 4, "INT8": 8}
 MODE_BITS = {"int4": 4, "dynamic_int8": 8}  # the TFLite modes that keep grids, and their bits
 
 
@@ -72,7 +70,7 @@ class WeightGrid:
             >>> WeightGrid("d", np.ones((1, 4), np.int8), np.full((1, 2), 0.25), 4, 2).dequantize()
             array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
         """
-        return self.codes.astype(np.float32) * _steps(self.scales, self.codes.shape[1])
+        return self.codes.astype(np.float32) * steps(self.scales, self.codes.shape[1])
 
 
 def _grid_problem(codes, scales, bits, group):
@@ -106,139 +104,11 @@ def _granularity(block_size):
     return f"groups of {block_size} input columns"
 
 
-def _rows(array, axis):
-    """``array`` as rows along ``axis``: ``(array.shape[axis], everything else)``."""
-    return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
-
-
-def _unrows(rows, shape, axis):
-    """The inverse of :func:`_rows`: rows back to an array of ``shape``."""
-    moved = (shape[axis],) + tuple(np.delete(shape, axis))
-    return np.moveaxis(rows.reshape(moved), 0, axis)
-
-
-def _steps(scales, columns):
-    """Per-group scales repeated to one per weight."""
-    return np.repeat(scales, columns // scales.shape[1], axis=1)
-
-
-@dataclasses.dataclass
-class _Stored:
-    """One int4/int8 matmul weight of a file, with writable views where it lives."""
-
-    key: str
-    bits: int
-    shape: tuple  # the tensor's shape
-    out_axis: int  # its output (quantized) dimension
-    data: np.ndarray  # uint8 view of the codes
-    scale: np.ndarray  # view of the float32 quantization scales or the float16 scales tensor
-    scale_shape: tuple
-    scale_axis: int
-    block_size: int = -1  # -1 per channel, 0 per tensor, else blockwise
-    tensors: set = dataclasses.field(default_factory=set)  # (subgraph, tensor) pairs
-
-    @property
-    def out_in(self):
-        return self.shape[self.out_axis], int(np.prod(self.shape)) // self.shape[self.out_axis]
-
-    def codes(self):
-        if self.bits == 4:
-            nibbles = np.stack([self.data & 15, self.data >> 4], axis=-1).reshape(-1)
-            flat = (nibbles.astype(np.int8) - 16 * (nibbles > 7)).astype(np.int8)
-        else:
-            flat = self.data.view(np.int8)
-        return _rows(flat[: int(np.prod(self.shape))].reshape(self.shape), self.out_axis)
-
-    def scales(self):
-        values = self.scale.reshape(self.scale_shape).astype(np.float32)
-        rows = _rows(values, self.scale_axis)
-        return np.repeat(rows, self.out_in[0], axis=0) if self.block_size == 0 else rows
-
-    def dequantized(self):
-        return self.codes().astype(np.float32) * _steps(self.scales(), self.out_in[1])
-
-    def write(self, codes, scales):
-        flat = _unrows(codes, self.shape, self.out_axis).reshape(-1).view(np.uint8)
-        if self.bits == 4:
-            nibbles = np.zeros(2 * self.data.size, np.uint8)
-            nibbles[: flat.size] = flat & 15
-            flat = nibbles[0::2] | (nibbles[1::2] << 4)  # the first value in the low nibble
-        self.data[:] = flat
-        values = _unrows(scales, self.scale_shape, self.scale_axis)
-        self.scale[:] = values.astype(self.scale.dtype).reshape(-1)
-
-
-def _buffer_view(model, data, index):
-    buffer = model.Buffers(index)
-    if buffer.Offset() > 1:  # stored after the flatbuffer (the AI Edge Quantizer may do so)
-        return np.frombuffer(data, np.uint8, count=buffer.Size(), offset=buffer.Offset())
-    view = buffer.DataAsNumpy()
-    return view if isinstance(view, np.ndarray) and view.size else None
-
-
-def _read(data):
-    """``(weights, owners)``: every int4/int8 dense matmul weight, and who uses each vector.
-
-    ``owners`` maps the address of every buffer and scale vector to the
-    ``(subgraph, tensor)`` pairs that read it, to refuse patching shared data.
-    """
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.Model.GetRootAs(data, 0)
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    blockwise = schema.QuantizationDetails.BlockwiseQuantization
-    weights, owners, keys = [], collections.defaultdict(set), set()
-    for g in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(g)
-        weight_inputs = set()
-        for i in range(subgraph.OperatorsLength()):
-            op = subgraph.Operators(i)
-            code = model.OperatorCodes(op.OpcodeIndex())
-            if op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())) in MATMUL_OPS:
-                weight_inputs.update([int(op.Inputs(1))] if op.InputsLength() > 1 else [])
-        for t in range(subgraph.TensorsLength()):
-            tensor = subgraph.Tensors(t)
-            view, q = _buffer_view(model, data, tensor.Buffer()), tensor.Quantization()
-            scale = q.ScaleAsNumpy() if q is not None else 0
-            for vector in (view, scale):
-                if isinstance(vector, np.ndarray) and vector.size:
-                    owners[vector.ctypes.data].add((g, t))
-            bits = _INT_TYPES.get(types.get(tensor.Type()))
-            if t not in weight_inputs or bits is None or view is None or q is None:
-                continue
-            if tensor.Sparsity() is not None or np.any(q.ZeroPointAsNumpy()):
-                continue  # sparse or asymmetric: not a dense symmetric grid
-            shape, out_axis = tuple(int(s) for s in tensor.ShapeAsNumpy()), q.QuantizedDimension()
-            found = dict(scale=scale, scale_shape=np.shape(scale), scale_axis=0, tensors={(g, t)})
-            if q.DetailsType() == blockwise:
-                details = schema.BlockwiseQuantization()
-                details.Init(q.Details().Bytes, q.Details().Pos)
-                scales_tensor = subgraph.Tensors(details.Scales())
-                scale_shape = tuple(int(s) for s in scales_tensor.ShapeAsNumpy())
-                expected = list(shape)
-                expected[len(shape) - 1 if out_axis == 0 else 0] //= details.BlockSize()
-                if len(shape) != 2 or tuple(expected) != scale_shape:
-                    continue
-                view16 = _buffer_view(model, data, scales_tensor.Buffer()).view("<f2")
-                found.update(block_size=details.BlockSize(), scale=view16, scale_axis=out_axis)
-                found.update(scale_shape=scale_shape, tensors={(g, t), (g, details.Scales())})
-            elif not isinstance(scale, np.ndarray) or scale.size not in (1, shape[out_axis]):
-                continue
-            elif scale.size == 1 and shape[out_axis] != 1:
-                found["block_size"] = 0
-            key = (tensor.Name() or b"").decode()
-            key = key if key not in keys else f"{key} (subgraph {g})"
-            keys.add(key)
-            weights.append(_Stored(key, bits, shape, out_axis, data=view, **found))
-    return weights, owners
-
-
 @dataclasses.dataclass
 class _Match:
     """A file weight within one of its steps of ``factor`` times a grid's values."""
 
-    weight: _Stored
+    weight: StoredWeight
     factor: float  # 1, or a constant the converter multiplied in (attention's 1/sqrt(d))
     distance: float  # the largest difference, in the file's steps
 
@@ -248,6 +118,13 @@ class _Match:
         return scaled.astype(self.weight.scale.dtype).astype(np.float32)
 
 
+def _rounding_interval(values):
+    """``(low, high)``: the float64 numbers that round to each of ``values``, in its dtype."""
+    wide, kind = values.astype(np.float64), values.dtype.type
+    low = (wide + np.nextafter(values, kind(-np.inf)).astype(np.float64)) / 2
+    return low, (wide + np.nextafter(values, kind(np.inf)).astype(np.float64)) / 2
+
+
 def _one_factor(stored, scales, dtype):
     """Whether ``stored == round_to(dtype, c * scales)`` for one constant ``c``.
 
@@ -255,9 +132,7 @@ def _one_factor(stored, scales, dtype):
     neighbours, so ``c`` must lie in every ``interval / scale``; they must overlap.
     """
     stored = stored.astype(dtype)
-    wide = stored.astype(np.float64)
-    low = (wide + np.nextafter(stored, dtype.type(-np.inf)).astype(np.float64)) / 2
-    high = (wide + np.nextafter(stored, dtype.type(np.inf)).astype(np.float64)) / 2
+    low, high = _rounding_interval(stored)
     scales = scales.astype(np.float64)
     nonzero = scales > 0
     if np.any(stored[~nonzero] != 0):
@@ -268,15 +143,38 @@ def _one_factor(stored, scales, dtype):
     return bool(ratios_low.max() <= ratios_high.min())
 
 
+def _scale_factor(grid, weight):
+    """The constant ``c`` the converter multiplied in, read from the file's own scales.
+
+    The file's scale of a group is the rounding of ``c * max|codes| * grid scale / qmax``,
+    so ``c`` lies in every group's rounding interval divided by that; a least-squares fit
+    of the re-rounded weight is only as exact as its rounding noise. ``None`` when the
+    intervals do not meet (a file whose scales were not computed that way).
+    """
+    stored = weight.scales()
+    if stored.shape != grid.scales.shape:
+        return None
+    qmax = 2 ** (weight.bits - 1) - 1
+    group = grid.codes.shape[1] // grid.scales.shape[1]
+    peaks = np.abs(grid.codes.astype(np.float64)).reshape(len(grid.codes), -1, group).max(-1)
+    low, high = _rounding_interval(stored.astype(weight.scale.dtype))
+    base = peaks * grid.scales.astype(np.float64) / qmax
+    used = base > 0
+    if not np.any(used):
+        return None
+    lowest, highest = (low[used] / base[used]).max(), (high[used] / base[used]).min()
+    return float((lowest + highest) / 2) if lowest <= highest else None
+
+
 def _fit(grid, weight, target):
     """``_Match`` of ``weight`` to ``grid``, or ``(None, distance at factor 1)``."""
-    stored, step = weight.dequantized(), _steps(weight.scales(), weight.out_in[1])
+    stored, step = weight.dequantized(), steps(weight.scales(), weight.out_in[1])
     norm = float((target.astype(np.float64) ** 2).sum())
     factors = [1.0]
     if norm > 0:
         fitted = float((stored * target.astype(np.float64)).sum() / norm)
         if np.isfinite(fitted) and fitted != 0 and not np.isclose(fitted, 1.0, rtol=1e-6):
-            factors.append(fitted)
+            factors.append(_scale_factor(grid, weight) or fitted)
     first = None
     for factor in factors:
         off = np.abs(stored - factor * target)
@@ -380,7 +278,7 @@ def keep_grids(quantized_content, grids):
         >>> check_grids_kept(keep_grids(c.convert(), [grid]), [grid])
     """
     data = bytearray(_as_bytes(quantized_content))
-    weights, owners = _read(data)
+    weights, owners = read_weights(data)
     patches = _assign(grids, weights)
     own = {}
     for grid, match in patches:
@@ -423,7 +321,7 @@ def stored_weights(content):
         >>> [(q.shape, s.shape, b) for q, s, b in stored_weights(c.convert()).values()]
         [((64, 32), (64, 1), -1)]
     """
-    weights, _ = _read(_as_bytes(content))
+    weights, _ = read_weights(_as_bytes(content))
     return {w.key: (w.codes(), w.scales(), w.block_size) for w in weights}
 
 
@@ -449,7 +347,7 @@ def check_grids_kept(content, grids):
         Traceback (most recent call last):
         ValueError: WeightGrid('dense', 64x32, 8-bit, one scale per output row) is not kept: ...
     """
-    weights, _ = _read(_as_bytes(content))
+    weights, _ = read_weights(_as_bytes(content))
     for grid, match in _assign(grids, weights):
         weight, expected = match.weight, match.scales(grid)
         codes, scales = weight.codes(), weight.scales()
