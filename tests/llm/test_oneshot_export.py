@@ -52,3 +52,24 @@ def test_smoothquant_improves_full_integer_ptq_on_a_model_with_outliers(
         loss[name] = reference.evaluate(str(path), tiny_corpus, num_windows=64).bpb - dense
     assert loss["smoothquant+ptq"] < 0.3 * loss["ptq"], loss
     assert loss["smoothquant+ptq"] < 0.005, loss
+
+
+def test_groups_as_wide_as_a_layer_share_the_files_block_size(trained_tiny, calibration, tmp_path):
+    from keras_llmopt import export
+
+    out = llm.gptq(trained_tiny, calibration, bits=4, group_size=64, num_samples=8)
+    assert {s.group_size for _, s in llm.grid_states(out)} == {-1, 64}  # 64 and 256 inputs
+    result = export.to_tflite(out, tmp_path / "g64.tflite", quantization="int4")
+    assert result.verification.passed
+    assert any("grid(s) kept exactly" in note for note in result.notes)
+
+
+def test_grids_no_one_block_size_stores_are_refused_before_converting(
+    fresh_tiny, calibration, tmp_path
+):
+    from keras_llmopt import export
+
+    out = llm.gptq(fresh_tiny, calibration, bits=4, group_size=128, num_samples=8)
+    with pytest.raises(ValueError, match=r"one block size.*128-column groups.*group_size"):
+        export.to_tflite(out, tmp_path / "g128.tflite", quantization="int4")
+    assert not (tmp_path / "g128.tflite").exists()

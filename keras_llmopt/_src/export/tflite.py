@@ -415,10 +415,8 @@ def _grids_of(model, mode, block_size, notes):
             )
             for path, state in states
         )
-        sizes = {state.group_size for _, state in states}
-        if mode.int4_weights and block_size is None and len(sizes) == 1:
-            size = sizes.pop()
-            block_size = None if size == -1 else size
+        if mode.int4_weights and block_size is None:
+            block_size = _one_block_size(grids)
         notes.append(f"{len(grids)} one-shot weight grid(s) stored as chosen")
     elif keep is not None:
         notes.append(
@@ -426,6 +424,30 @@ def _grids_of(model, mode, block_size, notes):
             f"{mode.name!r} (it stores {keep}-bit weights)"
         )
     return strip.strip_techniques(model, [grid_state.TECHNIQUE], "to_tflite"), grids, block_size
+
+
+def _one_block_size(grids):
+    """The int4 block size storing every grid (``None``: per channel), or a clear error.
+
+    A grid of one group per row (``group_size=-1``, e.g. GPTQ's group wider than the
+    layer) is stored by a block of exactly its input width too.
+    """
+    grouped = {grid.group_size for grid in grids if grid.group_size != -1}
+    if not grouped:
+        return None
+    size = min(grouped)
+    odd = [
+        g
+        for g in grids
+        if g.group_size not in (-1, size) or g.group_size == -1 and g.codes.shape[1] != size
+    ]
+    if odd:
+        raise ValueError(
+            f"One int4 file stores one block size, but the one-shot grids mix {size}-column "
+            f"groups with {odd[0]!r}. Re-run the quantizer with one `group_size` that "
+            "divides every layer's inputs (or -1), or pass `block_size=` to re-round them."
+        )
+    return size
 
 
 def _dequantized_if_weight_only(model):
