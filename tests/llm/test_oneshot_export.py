@@ -73,3 +73,36 @@ def test_grids_no_one_block_size_stores_are_refused_before_converting(
     with pytest.raises(ValueError, match=r"one block size.*128-column groups.*group_size"):
         export.to_tflite(out, tmp_path / "g128.tflite", quantization="int4")
     assert not (tmp_path / "g128.tflite").exists()
+
+
+@pytest.mark.parametrize("bits, group_size, mode", [(4, 32, "int4"), (8, -1, "dynamic_int8")])
+def test_the_generator_stores_the_grid_in_every_signature(
+    trained_tiny, calibration, tmp_path, bits, group_size, mode
+):
+    from keras_llmopt import export
+    from keras_llmopt._src.export import weight_grids
+
+    out = llm.gptq(trained_tiny, calibration, bits=bits, group_size=group_size, num_samples=16)
+    path = tmp_path / "generator.tflite"
+    result = export.to_tflite_generator(out, path, cache_length=32, quantization=mode)
+    assert result.verification.passed
+    grids = [
+        weight_grids.WeightGrid(p, s.codes(), np.asarray(s.scales), bits, s.group_size)
+        for p, s in llm.grid_states(out)
+    ]
+    weight_grids.check_grids_kept(path.read_bytes(), grids)
+    from keras_llmopt._src.export.stored_weights import read_weights
+
+    weights, _ = read_weights(bytearray(path.read_bytes()))
+    holding = {g for w in weights for g, _ in w.tensors}
+    assert holding == {0, 1, 2}, "a signature (decode, prefill 16, 4) holds no integer weight"
+
+
+def test_grouped_8_bit_grids_are_refused_by_dynamic_int8_before_converting(
+    fresh_tiny, calibration, tmp_path
+):
+    from keras_llmopt import export
+
+    out = llm.gptq(fresh_tiny, calibration, bits=8, group_size=32, num_samples=8)
+    with pytest.raises(ValueError, match=r"one scale per output row.*group_size=-1"):
+        export.to_tflite(out, tmp_path / "g.tflite", quantization="dynamic_int8")

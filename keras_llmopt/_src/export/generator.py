@@ -88,7 +88,9 @@ def to_tflite_generator(
         num_threads: LiteRT threads used to verify.
         verification_data: Token ids ``[N, >= cache_length]`` to verify on (default:
             seeded random ids).
-        block_size: ``"int4"`` only: input rows per weight scale.
+        block_size: ``"int4"`` only: input rows per weight scale (a GPTQ / AWQ
+            model: its groups; in ``"int4"`` / ``"dynamic_int8"`` the file stores the
+            grids they chose, in every signature, as ``to_tflite`` does).
         allow_float_ops: ``"int8"``: accept float matmuls (listed in the summary).
         integer_only: ``"int8"``: keep SOFTMAX / GELU integer too.
         compact_file: Rewrite the flatbuffer losslessly smaller.
@@ -119,6 +121,8 @@ def to_tflite_generator(
             f"Received: quantization={quantization!r}"
         )
     mode = tflite_modes.get_mode(quantization)
+    notes = []
+    model, grids, block_size = tflite.grids_of(model, mode, block_size, notes)
     decoder = decoder_for(model)
     if not decoder.num_slots:
         raise ValueError(
@@ -164,7 +168,6 @@ def to_tflite_generator(
                 for sample in found:
                     yield name, sample
 
-    notes = []
     float_matmuls = []
     content, compaction = tflite.build_flatbuffer(
         traced,
@@ -178,6 +181,7 @@ def to_tflite_generator(
         allow_float_ops=allow_float_ops,
         float_matmuls=float_matmuls,
         integer_only=integer_only,
+        grids=grids,
     )
 
     def check(temp):

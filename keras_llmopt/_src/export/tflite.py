@@ -153,7 +153,7 @@ def to_tflite(
         resolve_tolerance(mode.tolerance, tolerance)
 
     notes = []
-    model, grids, block_size = _grids_of(model, mode, block_size, notes)
+    model, grids, block_size = grids_of(model, mode, block_size, notes)
     model, weight_only = _dequantized_if_weight_only(model)
     if weight_only:
         notes.append(
@@ -392,12 +392,19 @@ def inspect_staged(temp, compaction, notes):
     return summary
 
 
-def _grids_of(model, mode, block_size, notes):
+def grids_of(model, mode, block_size, notes):
     """``(plain model, [WeightGrid], block_size)`` for a model with one-shot weight grids.
 
     GPTQ / AWQ layers (``llm`` weight-grid states) are baked into plain weights; in the
     mode of their width (``"int4"``: 4 bits, ``"dynamic_int8"``: 8 bits) the file then
     stores their exact codes and scales, in their groups unless ``block_size`` is given.
+
+    Example:
+        >>> from keras_llmopt import reference
+        >>> plain, grids, size = grids_of(reference.build_gpt("tiny"), tflite_modes.MODES["int4"],
+        ...                               None, [])
+        >>> grids, size
+        ((), None)
     """
     from keras_llmopt._src.core import strip
     from keras_llmopt._src.llm import grid_state
@@ -417,6 +424,12 @@ def _grids_of(model, mode, block_size, notes):
         )
         if mode.int4_weights and block_size is None:
             block_size = _one_block_size(grids)
+        grouped = [grid for grid in grids if grid.group_size != -1]
+        if not mode.int4_weights and grouped:
+            raise ValueError(
+                f"quantization={mode.name!r} stores one scale per output row, but "
+                f"{grouped[0]!r} has groups. Quantize with group_size=-1 for this mode."
+            )
         notes.append(f"{len(grids)} one-shot weight grid(s) stored as chosen")
     elif keep is not None:
         notes.append(
