@@ -6,6 +6,7 @@ MODULES = [
     "keras_llmopt.export",
     "keras_llmopt._src.export.common",
     "keras_llmopt._src.export.converter",
+    "keras_llmopt._src.export.embedding_lookup",
     "keras_llmopt._src.export.files",
     "keras_llmopt._src.export.float_islands",
     "keras_llmopt._src.export.generator",

@@ -3,11 +3,13 @@
 The TFLite converter has no 4-bit weight mode (and cannot read sub-8-bit fake
 quantization), so ``to_tflite(..., quantization="int4")`` converts to fp32 first and
 lets the AI Edge Quantizer store the weights of every op it supports (fully-connected
-layers; a GATHER embedding table stays float) as symmetric int4, per output channel or
-in blocks of input rows. Activations stay float and are quantized on the fly for the integer matmuls
-(its "dynamic" recipe). From a 4-bit quantization-aware model (``"4bit_weights*"``
-schemes, exported through its dequantized weights) the same granularity is used, so
-the weights land on the grid they were trained on. The grids a one-shot quantizer
+layers) as symmetric int4, per output channel or in blocks of input rows, and embedding
+tables (a GATHER of a table no other op reads, rewritten as EMBEDDING_LOOKUP:
+``embedding_lookup``) as int8 per row, the precision of ``"dynamic_int8"``. Activations
+stay float and are quantized on the fly for the integer matmuls (its "dynamic" recipe).
+From a 4-bit quantization-aware model (``"4bit_weights*"`` schemes, exported through its
+dequantized weights) the same granularity is used, so the weights land on the grid they
+were trained on. The grids a one-shot quantizer
 chose (``weight_grids.WeightGrid``) are written over the quantizer's own rounding, so
 the file holds exactly those codes and scales.
 """
@@ -15,7 +17,7 @@ the file holds exactly those codes and scales.
 import contextlib
 import io
 
-from keras_llmopt._src.export import weight_grids
+from keras_llmopt._src.export import embedding_lookup, weight_grids
 
 BLOCK_SIZES = (32, 64, 128, 256)
 
@@ -33,7 +35,7 @@ def check_block_size(block_size):
         )
 
 
-def quantize_weights_int4(content, block_size=None, grids=()):
+def quantize_weights_int4(content, block_size=None, grids=(), notes=None):
     """Returns ``content`` (an fp32 ``.tflite``) with int4 weights.
 
     Args:
@@ -43,6 +45,7 @@ def quantize_weights_int4(content, block_size=None, grids=()):
         grids: 4-bit ``weight_grids.WeightGrid`` objects at this granularity: their
             weights store the grid's codes and scales, not the quantizer's rounding
             (``weight_grids.keep_grids``, then checked with ``check_grids_kept``).
+        notes: A list the embedding tables stored in int8 are reported to.
 
     Returns:
         The quantized flatbuffer's bytes.
@@ -71,6 +74,7 @@ def quantize_weights_int4(content, block_size=None, grids=()):
         if block_size is None
         else getattr(recipe.QuantGranularity, f"BLOCKWISE_{block_size}")
     )
+    content, lookups = embedding_lookup.gathers_as_lookups(content)
     manager = recipe.recipe_manager.RecipeManager()
     manager.add_dynamic_config(
         regex=".*",
@@ -78,6 +82,15 @@ def quantize_weights_int4(content, block_size=None, grids=()):
         num_bits=4,
         granularity=granularity,
     )
+    if lookups:  # the tables: int8 per row (the config added last takes precedence)
+        if notes is not None:
+            notes.append(f"{lookups} embedding table(s) as EMBEDDING_LOOKUP, int8 per row")
+        manager.add_dynamic_config(
+            regex=".*",
+            operation_name=recipe.TFLOperationName.EMBEDDING_LOOKUP,
+            num_bits=8,
+            granularity=recipe.QuantGranularity.CHANNELWISE,
+        )
     with contextlib.redirect_stdout(io.StringIO()):  # it prints sizes and timings
         result = quantizer.Quantizer(bytes(content), manager.get_quantization_recipe()).quantize()
     content = bytes(result.quantized_model)

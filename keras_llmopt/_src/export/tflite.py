@@ -330,7 +330,7 @@ def build_flatbuffer(
             # The quantizer writes its weights after the flatbuffer, which compaction
             # cannot rewrite: names are shortened before, while it still can.
             content, _ = compact.compact_tflite(content)
-        content = int4.quantize_weights_int4(content, block_size, grids)
+        content = int4.quantize_weights_int4(content, block_size, grids, notes)
         granularity = "per output channel" if block_size is None else f"blocks of {block_size}"
         notes.append(f"int4 weights ({granularity}) by the AI Edge Quantizer")
     compaction = None
