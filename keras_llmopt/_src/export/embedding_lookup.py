@@ -1,4 +1,4 @@
-"""Embedding tables the AI Edge Quantizer can store in int4: GATHER as EMBEDDING_LOOKUP.
+"""Embedding tables the AI Edge Quantizer can quantize: GATHER as EMBEDDING_LOOKUP.
 
 The converter emits a Keras ``Embedding`` (``take`` on the table) as GATHER, which the
 AI Edge Quantizer leaves float; its weight-only recipes quantize EMBEDDING_LOOKUP
