@@ -235,3 +235,34 @@ def test_qat_recipe_on_a_kerashub_gpt2_exports_full_integer(corpus16, tmp_path):
     (artifact,) = result.artifacts
     assert artifact["verified"] is True and artifact["quantization"] == "int8"
     assert type(result.model.sampler).__name__ == "GreedySampler"  # kept through training
+
+
+def test_oneshot_gptq_stage_exports_the_grid_it_chose(trained_tiny, tiny_corpus, tmp_path):
+    from keras_llmopt import llm
+    from keras_llmopt._src.export import weight_grids
+
+    recipe = {
+        "stages": [
+            {"oneshot": {"method": "gptq", "bits": 4, "group_size": 32, "num_samples": 16}},
+            "strip",
+            {"export": {"quantization": "int4", "name": "gptq", "verify_windows": 4}},
+        ]
+    }
+    result = pipeline.run_recipe(recipe, trained_tiny, tmp_path / "o", corpus=tiny_corpus)
+    (artifact,) = result.artifacts
+    assert artifact["verified"]
+    states = llm.grid_states(result.model)
+    assert states, "the stage left no GPTQ grid"
+    grids = [
+        weight_grids.WeightGrid(p, s.codes(), np.asarray(s.scales), 4, s.group_size)
+        for p, s in states
+    ]
+    weight_grids.check_grids_kept((tmp_path / "o" / "gptq.tflite").read_bytes(), grids)
+    assert not llm.grid_states(trained_tiny), "the user's model was changed"
+
+
+def test_oneshot_stage_with_a_bad_setting_fails_before_any_work(trained_tiny, tmp_path):
+    recipe = {"stages": [{"oneshot": {"method": "awq", "bits": 8}}]}
+    with pytest.raises(ValueError, match=r"stage 0 \(oneshot\).*bits"):
+        pipeline.run_recipe(recipe, trained_tiny, tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -222,12 +222,17 @@ def _windows(windows, count):
     return np.asarray(windows[index]).astype(np.int32)
 
 
-def _strip_for_export(model):
-    """Bakes the states of techniques that do not export as they are (masks, codebooks)."""
+def _strip_for_export(model, keep=()):
+    """Bakes the states of techniques that do not export as they are (masks, codebooks).
+
+    ``keep``: techniques the exporter reads itself (``to_tflite`` stores one-shot weight
+    grids exactly in ``"int4"`` / ``"dynamic_int8"``, and bakes them in other modes).
+    """
     strip = [
         state.technique
         for _, state in layer_state.find_states(model)
         if registry.get_technique(state.technique).export_modes is None
+        and state.technique not in keep
     ]
     if not strip:
         return model
@@ -260,9 +265,14 @@ def run_technique(stage, state, ctx):
 
 
 def run_strip(stage, state, ctx):
-    """Bakes pruning masks, codebooks, ... into plain weights (QAT layers stay)."""
+    """Bakes pruning masks, codebooks, ... into plain weights.
+
+    QAT layers and GPTQ / AWQ grids stay: the exporter stores them as they are.
+    """
+    from keras_llmopt._src.llm import grid_state
+
     del ctx
-    stripped = _strip_for_export(state.model)
+    stripped = _strip_for_export(state.model, keep=(grid_state.TECHNIQUE,))
     if stripped is state.model:
         logging.info("%s: nothing to strip", stage.label)
     state.model = stripped
@@ -285,9 +295,11 @@ def run_evaluate(stage, state, ctx):
 def run_export(stage, state, ctx):
     """A verified artifact of the current model (stripped first if needed)."""
     from keras_llmopt._src.export import onnx_export, saved_model, tflite
+    from keras_llmopt._src.llm import grid_state
 
     p = stage.params
-    model = _strip_for_export(state.model)
+    keep = (grid_state.TECHNIQUE,) if p["format"] == "tflite" else ()
+    model = _strip_for_export(state.model, keep)
     as_is = _exports_as_is(model)
     path = os.path.join(ctx.out_dir, export_stem(stage))
     windows = _windows(ctx.corpus.validation, p["verify_windows"])
