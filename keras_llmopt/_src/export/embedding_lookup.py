@@ -41,6 +41,10 @@ def gathers_as_lookups(content):
     except Exception as error:  # an unreadable flatbuffer is left as it is
         logging.warning("embedding lookups: cannot read the flatbuffer (%s); left as is", error)
         return content, 0
+    if any((buffer.offset or 0) > 1 for buffer in model.buffers or []):
+        # Data stored after the flatbuffer (files over 2 GB) would not survive a re-pack.
+        logging.info("embedding lookups: buffers stored outside the flatbuffer; left as is")
+        return content, 0
     builtin = schema.BuiltinOperator
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     gather_only = {}  # buffer -> whether every op reading it (any subgraph) is a GATHER table
@@ -88,9 +92,7 @@ def _lookup_table(schema, model, subgraph, op, gather_only):
         return False
     table, ids = (subgraph.tensors[i] for i in op.inputs)
     buffer = model.buffers[table.buffer] if 0 < table.buffer < len(model.buffers) else None
-    has_data = buffer is not None and (
-        (buffer.data is not None and len(buffer.data) > 0) or bool(buffer.size)
-    )
+    has_data = buffer is not None and buffer.data is not None and len(buffer.data) > 0
     shapes = [_static(t) for t in (table, ids, subgraph.tensors[op.outputs[0]])]
     return (
         has_data
