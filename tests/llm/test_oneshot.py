@@ -205,6 +205,15 @@ def test_bad_configs_are_clear_errors(make, message):
         make()
 
 
+def test_n_of_m_by_n_not_dividing_the_inputs_fails_before_any_work(fresh_tiny, calibration):
+    before = _kernel_views(fresh_tiny)
+    config = llm.SparseGPT(m_by_n=(2, 3))
+    with pytest.raises(ValueError, match=r"m_by_n.*block_0_attention/query.*\(64\).*\(2, 3\)"):
+        llm.oneshot(fresh_tiny, calibration, config, num_samples=8, inplace=True)
+    for path, view in _kernel_views(fresh_tiny).items():
+        np.testing.assert_array_equal(view, before[path])
+
+
 def test_group_size_not_dividing_the_inputs_fails_before_any_work(fresh_tiny, calibration):
     before = _kernel_views(fresh_tiny)
     with pytest.raises(ValueError, match=r"group_size.*block_0_attention/query.*64"):

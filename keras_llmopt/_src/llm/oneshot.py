@@ -152,11 +152,17 @@ def _plan(model, recipe, batches):
         )
     targets = list(by_path.values())
     _check_no_states(targets, model)
-    for config, selection in zip(recipe, selections):  # every bad group size before any work
-        if config.kind == configs_lib.GRID:
-            for target in targets:
-                if target.path in selection:
-                    methods.effective_group_size(config, target)
+    for config, selection in zip(recipe, selections):  # every bad group or N:M before any work
+        for target in (t for t in targets if t.path in selection):
+            if config.kind == configs_lib.GRID:
+                methods.effective_group_size(config, target)
+            elif getattr(config, "m_by_n", None) is not None and target.cols % config.m_by_n[1]:
+                raise ValueError(
+                    f"{type(config).__name__}: the n of `m_by_n` must divide the number of "
+                    f"inputs of layer {target.path!r} ({target.cols}). Received: m_by_n="
+                    f"{tuple(config.m_by_n)}; accepted: an n dividing {target.cols}, or "
+                    "`ignore=` that layer"
+                )
     steps, uncalled = sequential.plan_steps(model, targets, batches[0])
     for path in uncalled:
         skipped[path] = "never called by the model's forward pass"
