@@ -4,6 +4,7 @@ import pytest
 
 MODULES = [
     "keras_llmopt.export",
+    "keras_llmopt._src.export.broadcast_constants",
     "keras_llmopt._src.export.common",
     "keras_llmopt._src.export.converter",
     "keras_llmopt._src.export.embedding_lookup",

@@ -7,6 +7,7 @@ from absl import logging
 
 from keras_llmopt._src.core.model_inputs import describe_inputs
 from keras_llmopt._src.export import (
+    broadcast_constants,
     calibration,
     common,
     compact,
@@ -309,6 +310,9 @@ def build_flatbuffer(
     content = sparse_advice.convert(traced, mode, sparse, data, what, notes)
     if grids and not mode.int4_weights:  # before compaction, which shares equal vectors
         content = weight_grids.keep_grids(content, grids)
+    content, saved = broadcast_constants.shrink_select_conditions(content)
+    if saved:
+        notes.append(f"constant SELECT_V2 conditions stored once per repeated axis (-{saved} B)")
     found = float_ops.check_integer_matmuls(content, mode.name, allow_float_ops, what)
     if found:
         reason = "allow_float_ops=True" if allow_float_ops else "no int16 kernel"
