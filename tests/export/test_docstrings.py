@@ -9,6 +9,7 @@ MODULES = [
     "keras_llmopt._src.export.converter",
     "keras_llmopt._src.export.embedding_lookup",
     "keras_llmopt._src.export.files",
+    "keras_llmopt._src.export.flatbuffer_edit",
     "keras_llmopt._src.export.float_islands",
     "keras_llmopt._src.export.generator",
     "keras_llmopt._src.export.generator_runner",

@@ -8,7 +8,8 @@ already spans computes the same output with that axis of size 1.
 """
 
 import numpy as np
-from absl import logging
+
+from keras_llmopt._src.export import flatbuffer_edit
 
 
 def shrink_select_conditions(content):
@@ -30,19 +31,11 @@ def shrink_select_conditions(content):
         >>> saved
         192
     """
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    data = bytes(content)
-    try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
-    except Exception as error:  # an unreadable flatbuffer is left as it is
-        logging.warning("select conditions: cannot read the flatbuffer (%s); left as is", error)
+    schema, model = flatbuffer_edit.read_model(content, "select conditions")
+    if model is None:
         return content, 0
-    if any((buffer.offset or 0) > 1 for buffer in model.buffers or []):
-        return content, 0  # data stored after the flatbuffer would not survive a re-pack
     select = schema.BuiltinOperator.SELECT_V2
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    codes = [flatbuffer_edit.op_code(c) for c in model.operatorCodes]
     uses = {}  # buffer -> [(subgraph, op, input position)]
     for subgraph in model.subgraphs or []:
         for op in subgraph.operators or []:
@@ -68,9 +61,7 @@ def shrink_select_conditions(content):
                 tensor.shapeSignature = None
     if not saved:
         return content, 0
-    builder = flatbuffers.Builder(len(data))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), saved
+    return flatbuffer_edit.pack_model(model, len(content)), saved
 
 
 def _shrunk(schema, buffer, found):

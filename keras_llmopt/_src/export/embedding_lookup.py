@@ -10,7 +10,8 @@ A table another op also reads (tied input and output embeddings) is left as it i
 """
 
 import numpy as np
-from absl import logging
+
+from keras_llmopt._src.export import flatbuffer_edit
 
 
 def gathers_as_lookups(content):
@@ -32,21 +33,11 @@ def gathers_as_lookups(content):
         >>> count
         1
     """
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    data = bytes(content)
-    try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
-    except Exception as error:  # an unreadable flatbuffer is left as it is
-        logging.warning("embedding lookups: cannot read the flatbuffer (%s); left as is", error)
-        return content, 0
-    if any((buffer.offset or 0) > 1 for buffer in model.buffers or []):
-        # Data stored after the flatbuffer (files over 2 GB) would not survive a re-pack.
-        logging.info("embedding lookups: buffers stored outside the flatbuffer; left as is")
+    schema, model = flatbuffer_edit.read_model(content, "embedding lookups")
+    if model is None:
         return content, 0
     builtin = schema.BuiltinOperator
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    codes = [flatbuffer_edit.op_code(c) for c in model.operatorCodes]
     gather_only = {}  # buffer -> whether every op reading it (any subgraph) is a GATHER table
     for subgraph in model.subgraphs or []:
         for op in subgraph.operators or []:
@@ -70,9 +61,7 @@ def gathers_as_lookups(content):
         subgraph.operators = rewritten
     if not count:
         return content, 0
-    builder = flatbuffers.Builder(len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), count
+    return flatbuffer_edit.pack_model(model, len(content)), count
 
 
 def _static(tensor):
@@ -121,10 +110,10 @@ def _new_tensor(schema, subgraph, shape, kind, name):
 
 
 def _reshape(schema, model, codes, subgraph, source, target, shape):
-    from keras_llmopt._src.export.float_islands import _opcode_index
-
     op = schema.OperatorT()
-    op.opcodeIndex = _opcode_index(schema, model, codes, schema.BuiltinOperator.RESHAPE)
+    op.opcodeIndex = flatbuffer_edit.opcode_index(
+        schema, model, codes, schema.BuiltinOperator.RESHAPE
+    )
     op.builtinOptionsType = schema.BuiltinOptions.ReshapeOptions
     op.builtinOptions = schema.ReshapeOptionsT()
     op.builtinOptions.newShape = list(shape)
@@ -133,8 +122,6 @@ def _reshape(schema, model, codes, subgraph, source, target, shape):
 
 
 def _as_lookup(schema, model, subgraph, op, codes):
-    from keras_llmopt._src.export.float_islands import _opcode_index
-
     table, ids = op.inputs
     out = op.outputs[0]
     rows = int(np.prod(subgraph.tensors[ids].shape))
@@ -145,7 +132,7 @@ def _as_lookup(schema, model, subgraph, op, codes):
         schema, subgraph, [rows, width], schema.TensorType.FLOAT32, name + b"/rows"
     )
     lookup = schema.OperatorT()
-    lookup.opcodeIndex = _opcode_index(
+    lookup.opcodeIndex = flatbuffer_edit.opcode_index(
         schema, model, codes, schema.BuiltinOperator.EMBEDDING_LOOKUP
     )
     lookup.inputs, lookup.outputs = [flat_ids, table], [flat_out]

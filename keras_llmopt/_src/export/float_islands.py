@@ -12,7 +12,7 @@ every matmul still reads int8, and the benchmark's ``klo_qat_int8`` row is timed
 every op integer (accelerators and microcontrollers that run no float).
 """
 
-from absl import logging
+from keras_llmopt._src.export import flatbuffer_edit
 
 # Ops rewritten: int8 in and out, no XNNPACK int8 kernel, a fast XNNPACK float kernel.
 FLOAT_ISLAND_OPS = ("SOFTMAX", "GELU")
@@ -43,18 +43,12 @@ def run_in_float(content, ops=FLOAT_ISLAND_OPS):
         >>> count  # one SOFTMAX per attention layer, one GELU per MLP, 2 layers
         4
     """
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    data = bytes(content)
-    try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
-    except Exception as error:  # an unreadable flatbuffer is left as it is
-        logging.warning("float islands: cannot read the flatbuffer (%s); left as is", error)
+    schema, model = flatbuffer_edit.read_model(content, "float islands")
+    if model is None:
         return content, 0
     builtin = schema.BuiltinOperator
     targets = {getattr(builtin, name) for name in ops}
-    codes = [_code(c) for c in model.operatorCodes]
+    codes = [flatbuffer_edit.op_code(c) for c in model.operatorCodes]
     int8 = schema.TensorType.INT8
     count = 0
     for subgraph in model.subgraphs or []:
@@ -74,26 +68,7 @@ def run_in_float(content, ops=FLOAT_ISLAND_OPS):
         subgraph.operators = rewritten
     if not count:
         return content, 0
-    builder = flatbuffers.Builder(len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), count
-
-
-def _code(operator_code):
-    # Builtin codes above 127 live in builtinCode only; older files use the deprecated one.
-    return max(operator_code.builtinCode, operator_code.deprecatedBuiltinCode)
-
-
-def _opcode_index(schema, model, codes, code):
-    if code in codes:
-        return codes.index(code)
-    entry = schema.OperatorCodeT()
-    entry.builtinCode = code
-    entry.deprecatedBuiltinCode = min(code, 127)
-    entry.version = 1
-    model.operatorCodes.append(entry)
-    codes.append(code)
-    return len(codes) - 1
+    return flatbuffer_edit.pack_model(model, len(content)), count
 
 
 def _float_twin(schema, subgraph, index):
@@ -113,10 +88,10 @@ def _island(schema, model, subgraph, op, codes):
     x, y = op.inputs[0], op.outputs[0]
     x_float, y_float = _float_twin(schema, subgraph, x), _float_twin(schema, subgraph, y)
     dequantize = schema.OperatorT()
-    dequantize.opcodeIndex = _opcode_index(schema, model, codes, builtin.DEQUANTIZE)
+    dequantize.opcodeIndex = flatbuffer_edit.opcode_index(schema, model, codes, builtin.DEQUANTIZE)
     dequantize.inputs, dequantize.outputs = [x], [x_float]
     quantize = schema.OperatorT()
-    quantize.opcodeIndex = _opcode_index(schema, model, codes, builtin.QUANTIZE)
+    quantize.opcodeIndex = flatbuffer_edit.opcode_index(schema, model, codes, builtin.QUANTIZE)
     quantize.inputs, quantize.outputs = [y_float], [y]
     op.inputs = [x_float] + list(op.inputs[1:])
     op.outputs = [y_float]
