@@ -1,4 +1,9 @@
-"""One-shot LLM compression from calibration text: Wanda, SparseGPT, GPTQ, AWQ, SmoothQuant.
+"""One-shot LLM compression from calibration text, and structural pruning with recovery.
+
+Wanda, SparseGPT, GPTQ, AWQ and SmoothQuant leave zeros, grids or smoothed weights in
+the model's own layers; structural pruning (``prune_heads``, ``prune_ffn``,
+``prune_layers``) removes whole heads, MLP channels or blocks and returns a smaller
+model, which ``recover`` distills from the original.
 
 A language model is compressed once, layer group by layer group, from a few hundred
 calibration sequences (no training): each group sees its inputs as the groups before
@@ -15,8 +20,12 @@ Example:
     >>> pruned = llm.oneshot(model, data, llm.SparseGPT(sparsity=0.5), num_samples=8)
     >>> pruned.oneshot_report.layer("block_0_mlp_up").sparsity
     0.5
+    >>> smaller = llm.prune_ffn(model, data, fraction=0.5)  # a new model, fewer units
+    >>> smaller.get_layer("block_0_mlp_up").units
+    128
 """
 
+from keras_llmopt._src.ensemble.recovery import recover
 from keras_llmopt._src.llm.configs import (
     AWQ,
     GPTQ,
@@ -38,23 +47,52 @@ from keras_llmopt._src.llm.oneshot import (
     sparsegpt,
     wanda,
 )
+from keras_llmopt._src.llm.structural import (
+    StructuralReport,
+    find_structures,
+    prune_ffn,
+    prune_heads,
+    prune_hidden,
+    prune_layers,
+    prune_structures,
+)
+from keras_llmopt._src.llm.structural_configs import (
+    DepthPruning,
+    FFNPruning,
+    HeadPruning,
+    HiddenPruning,
+    StructuralConfig,
+)
 
 __all__ = [
     "AWQ",
+    "DepthPruning",
+    "FFNPruning",
     "GPTQ",
+    "HeadPruning",
+    "HiddenPruning",
     "LayerResult",
     "Magnitude",
     "OneShotConfig",
     "OneShotReport",
     "SmoothQuant",
     "SparseGPT",
+    "StructuralConfig",
+    "StructuralReport",
     "Wanda",
     "WeightGridState",
     "awq",
     "config_from_dict",
+    "find_structures",
     "gptq",
     "grid_states",
     "oneshot",
+    "prune_ffn",
+    "prune_heads",
+    "prune_hidden",
+    "prune_layers",
+    "prune_structures",
+    "recover",
     "register_method",
     "smoothquant",
     "sparsegpt",

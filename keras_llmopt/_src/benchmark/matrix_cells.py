@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from keras_llmopt._src.benchmark import matrix_checks as checks
-from keras_llmopt._src.benchmark import matrix_generation, matrix_oneshot
+from keras_llmopt._src.benchmark import matrix_generation, matrix_oneshot, matrix_structural
 from keras_llmopt._src.benchmark import matrix_outcomes as outcomes
 
 SEQUENCE_LENGTH = 16
@@ -408,6 +408,7 @@ CELLS = {
     "save_load": save_load,
     **matrix_generation.CELLS,
     **matrix_oneshot.CELLS,
+    **matrix_structural.CELLS,
 }
 # Cells that claim integer matmuls (a float matmul there is a silent failure).
 INTEGER_CELLS = ("qat_int8", "ptq_int8", "int16x8", "generator_int8", "oneshot_smoothquant_int8")

@@ -19,7 +19,15 @@ PROMPT = np.array([[3, 1, 4, 1]], "int32")
 NEW_TOKENS = 8
 
 
-def _full_recompute(ctx, prompt, new_tokens):
+def full_recompute(ctx, prompt, new_tokens):
+    """Greedy tokens by re-running the whole prefix per token (no cache).
+
+    Example:
+        >>> from keras_llmopt._src.benchmark.matrix_cells import RowContext
+        >>> from keras_llmopt._src.benchmark.matrix_models import sequential_lm
+        >>> full_recompute(RowContext(sequential_lm(), "out"), PROMPT, 2).shape
+        (1, 6)
+    """
     tokens = prompt
     for _ in range(new_tokens):
         values = []
@@ -48,7 +56,7 @@ def generate(ctx):
     from keras_llmopt._src.generation.generate import generate as cached
 
     produced = cached(ctx.model, PROMPT, NEW_TOKENS)
-    expected = _full_recompute(ctx, PROMPT, NEW_TOKENS)
+    expected = full_recompute(ctx, PROMPT, NEW_TOKENS)
     same = float(np.mean(produced == expected))
     if same < 1.0:
         raise outcomes.SilentFailure(

@@ -52,7 +52,8 @@ OURS_PREFIX = "klo_"
 def is_ours(variant):
     """Whether a row is one of keras_llmopt's own variants (else an anchor / reference).
 
-    Ours: the built-in ``klo_*`` rows and every registered technique's variants; anchors:
+    Ours: the built-in ``klo_*`` rows, the structural rows (``structural_variants.OURS``)
+    and every registered technique's variants; anchors:
     the converter, Keras-native, ONNX Runtime, AI Edge Quantizer and tfmot rows, the
     fp32 references and the dense fine-tuned control.
 
@@ -60,9 +61,12 @@ def is_ours(variant):
         >>> is_ours("klo_qat_int8"), is_ours("aeq_dynamic_int8")
         (True, False)
     """
+    from keras_llmopt._src.benchmark import structural_variants
     from keras_llmopt._src.core import registry
 
-    return variant.startswith(OURS_PREFIX) or variant in registry.benchmark_variants()
+    if variant.startswith(OURS_PREFIX) or variant in structural_variants.OURS:
+        return True
+    return variant in registry.benchmark_variants()
 
 
 def pareto_front(rows):

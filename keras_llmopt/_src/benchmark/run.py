@@ -11,7 +11,7 @@ from keras_llmopt._src.benchmark import environment, measure
 from keras_llmopt._src.benchmark import variants as variants_lib
 from keras_llmopt._src.benchmark.report import ROW_FIELDS, error_summary, write_json
 
-DEFAULT_VARIANTS = tuple(variants_lib.VARIANTS)
+DEFAULT_VARIANTS = tuple(n for n in variants_lib.VARIANTS if n not in variants_lib.OPT_IN_VARIANTS)
 # The references of the ratio columns: always measured.
 REFERENCE_VARIANTS = ("keras_fp32", "tflite_fp32")
 # The matched control of fine-tuned rows (``delta_bpb_vs_control``): added to a run that
@@ -145,7 +145,8 @@ def run_benchmark(
         model: The trained Keras fp32 reference GPT (not modified).
         corpus: Its ``Corpus``.
         out_dir: Folder for ``benchmark.json`` (and the artifacts, see ``artifacts_dir``).
-        variants: Names (list or comma-separated) from ``VARIANTS`` (default: all).
+        variants: Names (list or comma-separated) from ``VARIANTS`` (default: all but
+            ``OPT_IN_VARIANTS``, the structural rows).
         config: The model's ``GPTConfig`` (default: read from the model).
         eval_windows: Validation windows for bits per byte.
         finetune_steps: Fine-tune steps of the pruning, QAT and clustering variants.

@@ -14,7 +14,11 @@ import warnings
 
 from absl import logging
 
-from keras_llmopt._src.benchmark import keras_native_variants, oneshot_variants
+from keras_llmopt._src.benchmark import (
+    keras_native_variants,
+    oneshot_variants,
+    structural_variants,
+)
 from keras_llmopt._src.benchmark.context import BenchmarkContext, Built, _tflite  # noqa: F401
 from keras_llmopt._src.core import registry
 from keras_llmopt._src.sparsity.technique import pruning_schedule
@@ -404,10 +408,13 @@ BUILTIN_VARIANTS = {
     **oneshot_variants.VARIANTS,
     **keras_native_variants.VARIANTS,
 }
+# Rows run only when named (``--benchmark_variants``, scripts/benchmark_structural.py), not
+# by default nor in the demo: each trains several models (minutes on ``small``).
+OPT_IN_VARIANTS = {**structural_variants.VARIANTS}
 
 
 def _all_variants():
-    found = dict(BUILTIN_VARIANTS)
+    found = {**BUILTIN_VARIANTS, **OPT_IN_VARIANTS}
     for name, (_, build) in registry.benchmark_variants().items():
         found.setdefault(name, build)
     return found

@@ -36,8 +36,9 @@ DEFAULT_FINETUNE_STEPS = {"tiny": 60, "small": 300}
 VARIANTS = flags.DEFINE_list(
     "benchmark_variants",
     None,
-    "Comma-separated variants to run (default: all; keras_fp32 and tflite_fp32 are always "
-    "added as the ratios' references).",
+    "Comma-separated variants to run (default: all but the opt-in structural rows, see "
+    "scripts/benchmark_structural.py; keras_fp32 and tflite_fp32 are always added as the "
+    "ratios' references).",
 )
 FINETUNE_STEPS = flags.DEFINE_integer(
     "finetune_steps",

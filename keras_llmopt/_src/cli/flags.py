@@ -29,3 +29,17 @@ PLUGINS = flags.DEFINE_list(
     "Modules (dotted names or .py paths) to import first; they register techniques "
     "(recipe stages, benchmark variants) with keras_llmopt.techniques.register_technique.",
 )
+STRUCTURAL_FRACTION = flags.DEFINE_float(
+    "structural_fraction",
+    0.25,
+    "inspect: the share of heads and MLP channels the structure report asks about.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+INSPECT_WINDOWS = flags.DEFINE_integer(
+    "inspect_windows",
+    0,
+    "inspect: training windows of the corpus to score heads, channels and blocks by their "
+    "activations (0: by weight magnitude).",
+    lower_bound=0,
+)

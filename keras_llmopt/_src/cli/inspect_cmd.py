@@ -7,9 +7,18 @@ from keras_llmopt._src.cli import flags as cli_flags
 HELP = (
     "Inspect a .keras model (positional MODEL or --model; pruned models too): parameters, "
     "bytes by dtype, per-layer sparsity, and which layers pruning, quantization and "
-    "clustering would touch. --out=FILE.json also writes it as JSON."
+    "clustering would touch, and per-layer head / MLP channel / block importance with what "
+    "structural pruning at --structural_fraction would remove (--inspect_windows=N scores "
+    "them on N corpus windows). --out=FILE.json also writes it as JSON."
 )
-FLAG_NAMES = ("model", "out")
+FLAG_NAMES = (
+    "model",
+    "out",
+    "structural_fraction",
+    "inspect_windows",
+    "corpus_dir",
+    "sequence_length",
+)
 
 
 def run(argv):
@@ -26,7 +35,16 @@ def run(argv):
 
     registry.techniques()  # every technique registered, so patched models load
 
-    inspection = inspect_model(path)
+    data, model = None, path
+    if cli_flags.INSPECT_WINDOWS.value:
+        import keras
+
+        from keras_llmopt._src.cli import common
+
+        model = keras.saving.load_model(path, compile=False)
+        corpus = common.corpus_for(common.sequence_length_of(model))
+        data = corpus.train[: cli_flags.INSPECT_WINDOWS.value, :-1].astype("int32")
+    inspection = inspect_model(model, data, cli_flags.STRUCTURAL_FRACTION.value)
     print(inspection)
     if cli_flags.OUT.value:
         with atomic_path(cli_flags.OUT.value) as tmp:

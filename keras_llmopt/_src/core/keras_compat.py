@@ -24,6 +24,7 @@ __all__ = [
     "compute_output_spec",
     "current_call_training",
     "graph_of",
+    "graph_nodes",
     "graph_operations",
     "is_plain_graph_model",
     "keras_calibration_sampler",
@@ -281,6 +282,23 @@ def graph_operations(graph):
         for node in graph._nodes_by_depth[depth]:
             if node.operation is not None and not node.is_input:
                 found.append((node.operation, list(node.input_tensors)))
+    return found
+
+
+def graph_nodes(graph):
+    """``[(operation, input KerasTensors, output KerasTensors)]`` in execution order.
+
+    Example:
+        >>> inputs = keras.Input((3,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
+        >>> [(op.name, len(ins), len(outs)) for op, ins, outs in graph_nodes(model)]
+        [('d', 1, 1)]
+    """
+    found = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                found.append((node.operation, list(node.input_tensors), list(node.outputs)))
     return found
 
 

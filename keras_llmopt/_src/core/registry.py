@@ -30,10 +30,11 @@ BUILTIN_MODULES = (
     "keras_llmopt._src.clustering.technique",
     "keras_llmopt._src.quantization.technique",
     "keras_llmopt._src.llm.technique",
+    "keras_llmopt._src.llm.structural_technique",
 )
 
 # Listing order of the built-ins, whatever order their modules were imported in.
-_BUILTIN_ORDER = ("pruning", "clustering", "quantization", "weight_grid")
+_BUILTIN_ORDER = ("pruning", "clustering", "quantization", "weight_grid", "structural")
 _TECHNIQUES: dict = {}
 
 # Stage keys most techniques share (a stage schema may spread them in).
@@ -64,6 +65,7 @@ class Technique:
             arguments (kinds: int, float, bool, str, choice, patterns, pair).
         run_stage: ``fn(model, params, context) -> model`` running the stage on a
             copy; ``context`` offers ``train(model, params, callbacks=None)``,
+            ``distill(student, teacher, params)``,
             ``calibration_data(count)`` and ``label``.
         check_stage: Optional ``fn(params, where)`` raising on bad combinations.
         must_precede: Stage names that may not come before this stage.

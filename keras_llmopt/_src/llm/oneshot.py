@@ -18,7 +18,13 @@ from absl import logging
 from keras_llmopt._src.core import layer_state, model_copy, saving
 from keras_llmopt._src.llm import calibration_data as data_lib
 from keras_llmopt._src.llm import configs as configs_lib
-from keras_llmopt._src.llm import linear_targets, methods, sequential
+from keras_llmopt._src.llm import (
+    linear_targets,
+    methods,
+    sequential,
+    structural,
+    structural_configs,
+)
 
 
 @dataclasses.dataclass
@@ -235,6 +241,9 @@ def oneshot(
     recipe = configs_lib.as_recipe(recipe)
     if not isinstance(inplace, bool):
         raise ValueError(f"`inplace` must be True or False. Received: inplace={inplace!r}")
+    if any(c.kind == structural_configs.STRUCTURAL for c in recipe):
+        pass_args = dict(num_samples=num_samples, sequence_length=sequence_length)
+        return _with_structures(model, calibration_data, recipe, pass_args, batch_size, inplace)
     start = time.perf_counter()
     batches = data_lib.calibration_batches(
         model, calibration_data, num_samples, sequence_length, batch_size
@@ -288,6 +297,32 @@ def oneshot(
     object.__setattr__(work, "oneshot_report", report)
     logging.info("%s", report)
     return work
+
+
+def _with_structures(model, calibration_data, recipe, pass_args, batch_size, inplace):
+    """Runs a recipe holding structural configs: each rebuilds the model, in order."""
+    if inplace:
+        raise ValueError(
+            "oneshot: structural configs build a new, smaller model, so `inplace=True` "
+            f"cannot apply. Received: {[c.describe() for c in recipe]} with inplace=True"
+        )
+    current, pending, reports = model, [], []
+    for config in [*recipe, None]:
+        if config is not None and config.kind != structural_configs.STRUCTURAL:
+            pending.append(config)
+            continue
+        if pending:
+            current = oneshot(
+                current, calibration_data, pending, batch_size=batch_size, **pass_args
+            )
+            pending = []
+        if config is not None:
+            current = structural.prune_structures(
+                current, calibration_data, config, batch_size=batch_size, **pass_args
+            )
+            reports.append(current.structural_report)
+    object.__setattr__(current, "structural_reports", reports)
+    return current
 
 
 def _first(batch):

@@ -28,6 +28,9 @@ class Inspection:
             token embedding and output head alone; quantization, with the default
             scheme, takes every layer it has a config for).
         pruned: Whether the model carries pruning masks.
+        structures: A ``StructureSummary`` (per-layer head and channel importance,
+            what structural pruning at ``fraction`` would remove), or the reason
+            there is none (a subclassed model).
 
     Example:
         >>> print(inspect_model(model))
@@ -39,6 +42,7 @@ class Inspection:
     sparsity: object
     targets: dict
     pruned: bool
+    structures: object = None
 
     def to_dict(self):
         """Plain data (for JSON)."""
@@ -49,6 +53,11 @@ class Inspection:
             "pruned": self.pruned,
             "sparsity": self.sparsity.as_dict(),
             "targets": {k: v.as_dict() for k, v in self.targets.items()},
+            "structures": (
+                self.structures.to_dict()
+                if hasattr(self.structures, "to_dict")
+                else self.structures
+            ),
         }
 
     def __str__(self):
@@ -64,6 +73,8 @@ class Inspection:
         lines += ["", "sparsity by weight:", str(self.sparsity)]
         for action, report in self.targets.items():
             lines += ["", f"{action}:", str(report)]
+        if self.structures is not None:
+            lines += ["", str(self.structures)]
         return "\n".join(lines)
 
 
@@ -142,11 +153,23 @@ def quantization_targets(model, scheme="default_8bit"):
     return targeting.TargetReport(decisions, action="quantized")
 
 
-def inspect_model(model):
-    """Parameters, bytes by dtype, per-layer sparsity and per-transformation targets.
+def _structures(model, calibration_data, fraction):
+    from keras_llmopt._src.llm import structure_inspection
+
+    try:
+        return structure_inspection.structure_summary(model, calibration_data, fraction)
+    except (TypeError, ValueError) as error:
+        return f"structures: none to prune ({error})"
+
+
+def inspect_model(model, calibration_data=None, fraction=0.25):
+    """Parameters, bytes by dtype, per-layer sparsity, per-transformation targets, structures.
 
     Args:
         model: A Keras model or the path of a ``.keras`` file (pruned ones included).
+        calibration_data: Token ids to score heads, channels and blocks by their
+            activations (``None``: by weight magnitude).
+        fraction: The share of heads and MLP channels the structure report asks about.
 
     Returns:
         An :class:`Inspection` (print it for a report).
@@ -197,4 +220,5 @@ def inspect_model(model):
         sparsity=sparsity_report_lib.sparsity_report(model),
         targets=targets,
         pruned=pruned,
+        structures=None if pruned else _structures(model, calibration_data, fraction),
     )

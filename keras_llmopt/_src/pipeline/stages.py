@@ -134,6 +134,31 @@ class StageRun:
             verbose=ctx.verbose,
         )
 
+    def distill(self, student, teacher, params):
+        """Distills ``student`` from ``teacher`` on the corpus, in place (``llm.recover``).
+
+        ``params``: ``steps``, ``batch_size``, ``learning_rate``, ``temperature``, ``alpha``.
+        """
+        from keras_llmopt._src.ensemble import recovery
+        from keras_llmopt._src.reference import training
+
+        ctx = self.context
+        x, y = training.make_batches(
+            ctx.corpus.train, params["batch_size"], params["steps"], seed=ctx.seed
+        )
+        recovery.recover(
+            student,
+            teacher,
+            (ctx.feeds(x), y),
+            params["steps"],
+            batch_size=params["batch_size"],
+            learning_rate=params["learning_rate"],
+            temperature=params["temperature"],
+            alpha=params["alpha"],
+            seed=ctx.seed,
+            verbose=ctx.verbose,
+        )
+
     def calibration_data(self, count):
         """``count`` training windows as the model takes them (token ids ``(count, T)``)."""
         return self.context.feeds(_windows(self.context.corpus.train, count)[:, :-1])
