@@ -113,7 +113,7 @@ def find_structures(model):
     return found
 
 
-def _selected(records, config, what, model, notes=None):
+def _selected(records, config, what, model, why_none=None):
     patterns = configs_patterns(config)
     chosen = [
         r
@@ -122,8 +122,7 @@ def _selected(records, config, what, model, notes=None):
         and not targeting.first_match(r.path, patterns[1])
     ]
     if not chosen:
-        reasons = [n for n in (notes or {}).values() if n]
-        why = f" ({'; '.join(reasons)})" if reasons and not records else ""
+        why = f" ({why_none})" if why_none and not records else ""
         raise ValueError(
             f"{type(config).__name__}: no {what} of {model.name!r} to prune{why}. Found: "
             f"{[r.path for r in records][:6]}. Check `targets` / `ignore`, or use another "
@@ -220,22 +219,12 @@ def _rebuild_width(model, found, heads_plan, mlp_plan, chosen_heads, chosen_mlps
 def _width_pass(model, config, found, batches, notes):
     _check_uniform(config, found, model)
     is_heads = isinstance(config, configs.HeadPruning)
+    chosen_heads, chosen_mlps = [], []
     if is_heads:
-        chosen_heads, chosen_mlps = (
-            _selected(
-                found.attention,
-                config,
-                "attention heads",
-                model,
-                {"a": found.notes.get("attention")},
-            ),
-            [],
-        )
+        why = found.notes.get("attention")
+        chosen_heads = _selected(found.attention, config, "attention heads", model, why)
     else:
-        chosen_heads, chosen_mlps = (
-            [],
-            _selected(found.mlps, config, "MLP", model, {"m": found.notes.get("mlp")}),
-        )
+        chosen_mlps = _selected(found.mlps, config, "MLP", model, found.notes.get("mlp"))
     head_scores, mlp_scores = importance_lib.width_importance(
         model, batches, chosen_heads, chosen_mlps, config.importance, notes
     )

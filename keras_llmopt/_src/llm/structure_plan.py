@@ -71,9 +71,8 @@ def kept_heads(attention, scores, count):
         >>> layer = SimpleNamespace(path="attn", num_heads=4, num_kv_heads=2, group_size=2)
         >>> kept_heads(layer, np.array([1.0, 2.0, 9.0, 8.0]), 2)  # whole groups
         ([2, 3], [1])
-        >>> layer = SimpleNamespace(path="attn", num_heads=4, num_kv_heads=2, group_size=2)
-        >>> kept_heads(SimpleNamespace(path="a", num_heads=6, num_kv_heads=2, group_size=3),
-        ...            np.array([1.0, 5.0, 2.0, 3.0, 0.0, 4.0]), 4)  # 2 heads per group
+        >>> six = SimpleNamespace(path="a", num_heads=6, num_kv_heads=2, group_size=3)
+        >>> kept_heads(six, np.array([1.0, 5.0, 2.0, 3.0, 0.0, 4.0]), 4)  # 2 per group
         ([1, 2, 3, 5], [0, 1])
     """
     ratio, groups = attention.group_size, attention.num_kv_heads
