@@ -82,13 +82,12 @@ def _writers(model, found, width):
     graph = keras_compat.graph_of(model)
     nodes = keras_compat.graph_nodes(graph)
     producer = {id(t): op for op, _, outs in nodes for t in outs}
+    inputs_of = {id(op): ins for op, ins, _ in nodes}
     for block in found.blocks:
         for add, residual in block.adds:
-            for op, ins, _ in nodes:
-                if op is add:
-                    branch = producer.get(id(ins[1 - residual]))
-                    if isinstance(branch, keras.layers.Dense) and branch.units == width:
-                        writers[id(branch)] = branch
+            branch = producer.get(id(inputs_of[id(add)][1 - residual]))
+            if isinstance(branch, keras.layers.Dense) and branch.units == width:
+                writers[id(branch)] = branch
     for op, _, _ in nodes:
         if isinstance(op, keras.layers.Embedding) and op.output_dim == width:
             writers[id(op)] = op

@@ -173,19 +173,3 @@ def rebuild_hub(model, found, heads=None, mlps=None, removed_blocks=(), hidden=N
         return rebuilt
     task = type(model)(backbone=rebuilt, preprocessor=getattr(model, "preprocessor", None))
     return model_copy.compile_like(task, model)
-
-
-def describe_change(model):
-    """``{config key: value}`` of the backbone sizes structural pruning changes.
-
-    Example:
-        >>> import keras_hub
-        >>> backbone = keras_hub.models.GPT2Backbone(
-        ...     vocabulary_size=32, num_layers=2, num_heads=2, hidden_dim=8,
-        ...     intermediate_dim=16, max_sequence_length=16)
-        >>> describe_change(backbone)
-        {'num_layers': 2, 'num_heads': 2, 'intermediate_dim': 16}
-    """
-    config = structures_hub.backbone_of(model).get_config()
-    keys = ("num_layers", *HEAD_KEYS, KV_KEY, "head_dim", "intermediate_dim")
-    return {k: config[k] for k in keys if k in config}
